@@ -1,0 +1,437 @@
+//! The command line's work: `serve` (config, logging, signals), the admin commands (HTTP calls
+//! to the admin API, printed as tables or JSON), and the small helpers around them. The only
+//! module that prints to the terminal.
+#![expect(clippy::print_stdout, reason = "the command line's output")]
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::server::{run, Listeners};
+
+pub fn say(msg: &str) {
+    println!("{msg}");
+}
+
+pub fn complain(msg: &str) {
+    eprintln!("understudy: {msg}");
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Logs as key=value lines on stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+pub fn serve(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            complain(&e.to_string());
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let listeners = Listeners::bind(&config)
+                .await
+                .map_err(|e| format!("bind: {e}"))?;
+            run(
+                config,
+                listeners,
+                |k| std::env::var(k).ok(),
+                shutdown_signal(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn demo(_port: u16, _exit: bool) -> ExitCode {
+    complain("demo: not built yet");
+    ExitCode::from(1)
+}
+
+/// Serves the simulated upstream (every model answers with the default behaviour) until Ctrl-C.
+/// Prints `listening on ADDR` once bound, for scripts that start it on port 0.
+pub fn mock_upstream(listen: &str) -> ExitCode {
+    init_logging();
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("bind {listen}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            say(&format!("listening on {addr}"));
+            let sim = crate::sim::SimUpstream::new(crate::sim::Behavior::default());
+            sim.serve(listener, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An admin command of the command line.
+pub enum AdminCall {
+    Status {
+        route: Option<String>,
+        json: bool,
+    },
+    History {
+        route: String,
+        json: bool,
+    },
+    Promote {
+        route: String,
+        phase: String,
+        share: Option<f64>,
+    },
+    Rollback {
+        route: String,
+        to: Option<u32>,
+        reason: Option<String>,
+    },
+    Finalize {
+        route: String,
+    },
+}
+
+/// Runs an admin command against `UNDERSTUDY_ADMIN_URL` with `UNDERSTUDY_ADMIN_TOKEN`.
+pub fn admin(call: AdminCall) -> ExitCode {
+    let base =
+        std::env::var("UNDERSTUDY_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
+    let token = std::env::var("UNDERSTUDY_ADMIN_TOKEN").ok();
+    let result = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(admin_call(&base, token.as_deref(), call)));
+    match result {
+        Ok(out) => {
+            say(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            complain(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<String, String> {
+    let seg = |r: &str| percent_encode(r);
+    match call {
+        AdminCall::Status { route: None, json } => {
+            let v = request(base, token, Method::GET, "/admin/routes", None).await?;
+            let routes = v["routes"].as_array().cloned().unwrap_or_default();
+            Ok(if json {
+                pretty(&v)
+            } else {
+                status_table(&routes)
+            })
+        }
+        AdminCall::Status {
+            route: Some(r),
+            json,
+        } => {
+            let v = request(
+                base,
+                token,
+                Method::GET,
+                &format!("/admin/routes/{}", seg(&r)),
+                None,
+            )
+            .await?;
+            Ok(if json {
+                pretty(&v)
+            } else {
+                status_table(std::slice::from_ref(&v))
+            })
+        }
+        AdminCall::History { route, json } => {
+            let v = request(
+                base,
+                token,
+                Method::GET,
+                &format!("/admin/routes/{}", seg(&route)),
+                None,
+            )
+            .await?;
+            Ok(if json { pretty(&v) } else { history_table(&v) })
+        }
+        AdminCall::Promote {
+            route,
+            phase,
+            share,
+        } => {
+            let mut body = json!({ "phase": phase });
+            if let Some(s) = share {
+                body["share"] = json!(s);
+            }
+            let v = request(
+                base,
+                token,
+                Method::POST,
+                &format!("/admin/routes/{}/promote", seg(&route)),
+                Some(body),
+            )
+            .await?;
+            Ok(status_table(std::slice::from_ref(&v)))
+        }
+        AdminCall::Rollback { route, to, reason } => {
+            let body = json!({ "to": to, "reason": reason });
+            let v = request(
+                base,
+                token,
+                Method::POST,
+                &format!("/admin/routes/{}/rollback", seg(&route)),
+                Some(body),
+            )
+            .await?;
+            Ok(status_table(std::slice::from_ref(&v)))
+        }
+        AdminCall::Finalize { route } => {
+            let v = request(
+                base,
+                token,
+                Method::POST,
+                &format!("/admin/routes/{}/finalize", seg(&route)),
+                Some(json!({})),
+            )
+            .await?;
+            Ok(status_table(std::slice::from_ref(&v)))
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// One admin API call; the JSON answer, or the API's error message.
+pub async fn request(
+    base: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let uri = format!("{}{}", base.trim_end_matches('/'), path);
+    let mut req = Request::builder().method(method).uri(&uri);
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = req
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .map_err(|e| format!("bad admin URL {base:?}: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| format!("admin API at {base} did not answer within 30 s"))?
+        .map_err(|e| {
+            format!("cannot reach the admin API at {base}: {e} (set UNDERSTUDY_ADMIN_URL)")
+        })?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the admin API's answer: {e}"))?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(v);
+    }
+    let msg = v["error"]["message"]
+        .as_str()
+        .unwrap_or("no message")
+        .to_string();
+    Err(match status {
+        StatusCode::UNAUTHORIZED => format!("401 unauthorized: {msg} (set UNDERSTUDY_ADMIN_TOKEN)"),
+        s => format!("{s}: {msg}"),
+    })
+}
+
+fn fmt_opt(v: &Value, digits: usize) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn release_cell(v: &Value) -> String {
+    if v.is_null() {
+        return "-".into();
+    }
+    let label = v["label"]
+        .as_str()
+        .map(|l| format!(" ({l})"))
+        .unwrap_or_default();
+    format!(
+        "#{}{} {}",
+        v["version"],
+        label,
+        v["model"].as_str().unwrap_or("")
+    )
+}
+
+/// Routes as an aligned table.
+pub fn status_table(routes: &[Value]) -> String {
+    let mut rows = vec![[
+        "ROUTE",
+        "PHASE",
+        "SHARE",
+        "SERVING",
+        "STABLE",
+        "CANDIDATE",
+        "QUALITY",
+        "NOISE",
+        "SAMPLES",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in routes {
+        rows.push(vec![
+            r["name"].as_str().unwrap_or("").into(),
+            r["phase"].as_str().unwrap_or("").into(),
+            fmt_opt(&r["share"], 2),
+            format!("#{}", r["serving"]),
+            release_cell(&r["stable"]),
+            release_cell(&r["candidate"]),
+            fmt_opt(&r["quality"], 3),
+            fmt_opt(&r["noise_floor"], 3),
+            r["samples"].to_string(),
+        ]);
+    }
+    table(&rows)
+}
+
+fn history_table(route: &Value) -> String {
+    let mut rows = vec![["VERSION", "LABEL", "UPSTREAM", "MODEL", "STATE"]
+        .map(String::from)
+        .to_vec()];
+    for r in route["releases"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            format!("#{}", r["version"]),
+            r["label"].as_str().unwrap_or("-").into(),
+            r["upstream"].as_str().unwrap_or("").into(),
+            r["model"].as_str().unwrap_or("").into(),
+            r["state"].as_str().unwrap_or("").into(),
+        ]);
+    }
+    let mut out = table(&rows);
+    let mut events = vec![["AT", "EVENT", "FROM", "TO", "TRIGGER", "REASON"]
+        .map(String::from)
+        .to_vec()];
+    for e in route["events"].as_array().into_iter().flatten() {
+        events.push(vec![
+            e["at"].as_str().unwrap_or("").into(),
+            e["kind"].as_str().unwrap_or("").into(),
+            e["from"].as_u64().map_or("-".into(), |v| format!("#{v}")),
+            e["to"].as_u64().map_or("-".into(), |v| format!("#{v}")),
+            e["trigger"].as_str().unwrap_or("-").into(),
+            e["reason"].as_str().unwrap_or("").into(),
+        ]);
+    }
+    if events.len() > 1 {
+        out.push_str("\n\n");
+        out.push_str(&table(&events));
+    }
+    out
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

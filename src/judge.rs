@@ -1,0 +1,233 @@
+//! The judge: a route's rolling window of candidate scores and noise-floor scores, the quality
+//! they give, and the rollback decision. Pure data and arithmetic; the controller owns one per
+//! route and feeds it.
+//!
+//! Quality is the candidate's mean score divided by the noise floor (stable's mean score against
+//! itself), so a candidate exactly as random as stable reads ~1. The decision is made on a
+//! one-sided 95 % upper confidence bound of that ratio (in the spirit of Kayenta's judge, not a
+//! bare mean): a rollback needs evidence that quality is below the threshold, so a benign
+//! candidate's noise does not trip it.
+
+use std::collections::VecDeque;
+
+use crate::config::RollbackConfig;
+
+/// Fewest noise-floor samples before the floor is trusted; until then quality is not judged.
+pub const MIN_NOISE_SAMPLES: usize = 5;
+/// z for a one-sided 95 % bound.
+const Z_95: f64 = 1.645;
+
+/// Why a route is rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Quality,
+    Errors,
+    Alert,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Quality => "quality",
+            Trigger::Errors => "errors",
+            Trigger::Alert => "alert",
+            Trigger::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        [
+            Trigger::Quality,
+            Trigger::Errors,
+            Trigger::Alert,
+            Trigger::Manual,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+/// Rolling windows for one route's current candidate.
+#[derive(Debug, Clone, Default)]
+pub struct Judge {
+    /// (combined score, candidate errored), newest last, at most `window`.
+    candidate: VecDeque<(f64, bool)>,
+    /// Stable-vs-stable scores, newest last, at most `window`. Kept across candidates: the
+    /// noise floor is a property of stable.
+    noise: VecDeque<f64>,
+}
+
+/// Mean and standard error of the mean.
+fn mean_se(xs: impl ExactSizeIterator<Item = f64> + Clone) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if n == 0.0 {
+        return (0.0, 0.0);
+    }
+    let mean = xs.clone().sum::<f64>() / n;
+    let var = if n > 1.0 {
+        xs.map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, (var / n).sqrt())
+}
+
+impl Judge {
+    pub fn record(&mut self, score: f64, errored: bool, window: usize) {
+        push_bounded(&mut self.candidate, (score, errored), window);
+    }
+
+    pub fn record_noise(&mut self, score: f64, window: usize) {
+        push_bounded(&mut self.noise, score, window);
+    }
+
+    /// Forget the candidate's samples (a new candidate, or after a rollback).
+    pub fn reset_candidate(&mut self) {
+        self.candidate.clear();
+    }
+
+    /// Forget the noise floor too (stable changed).
+    pub fn reset_all(&mut self) {
+        self.candidate.clear();
+        self.noise.clear();
+    }
+
+    pub fn samples(&self) -> usize {
+        self.candidate.len()
+    }
+
+    /// Stable's mean score against itself, once enough samples exist.
+    pub fn noise_floor(&self) -> Option<f64> {
+        (self.noise.len() >= MIN_NOISE_SAMPLES)
+            .then(|| mean_se(self.noise.iter().copied()).0)
+            .filter(|m| *m > 0.0)
+    }
+
+    /// Candidate mean over the noise floor, in [0, 1].
+    pub fn quality(&self) -> Option<f64> {
+        let floor = self.noise_floor()?;
+        if self.candidate.is_empty() {
+            return None;
+        }
+        let (mean, _) = mean_se(self.candidate.iter().map(|c| c.0));
+        Some((mean / floor).clamp(0.0, 1.0))
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.candidate.is_empty() {
+            return 0.0;
+        }
+        self.candidate.iter().filter(|c| c.1).count() as f64 / self.candidate.len() as f64
+    }
+
+    /// Whether the evidence says to roll back. Nothing is decided before `min_samples`.
+    pub fn decide(&self, cfg: &RollbackConfig) -> Option<Trigger> {
+        let n = self.candidate.len();
+        if n < cfg.min_samples {
+            return None;
+        }
+        // Errors: the share of failed candidate answers, with the same one-sided caution.
+        let p = self.error_rate();
+        let p_lower = p - Z_95 * (p * (1.0 - p) / n as f64).sqrt();
+        if p > cfg.max_error_rate && p_lower > cfg.max_error_rate * 0.5 {
+            return Some(Trigger::Errors);
+        }
+        // Quality: upper bound of candidate mean over lower bound of the floor.
+        if self.noise.len() < MIN_NOISE_SAMPLES {
+            return None;
+        }
+        let (c_mean, c_se) = mean_se(self.candidate.iter().map(|c| c.0));
+        let (n_mean, n_se) = mean_se(self.noise.iter().copied());
+        let floor_lower = (n_mean - Z_95 * n_se).max(1e-6);
+        let quality_upper = (c_mean + Z_95 * c_se) / floor_lower;
+        (quality_upper < cfg.threshold).then_some(Trigger::Quality)
+    }
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, x: T, cap: usize) {
+    if q.len() >= cap.max(1) {
+        q.pop_front();
+    }
+    q.push_back(x);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn cfg() -> RollbackConfig {
+        RollbackConfig {
+            threshold: 0.8,
+            window: 200,
+            min_samples: 30,
+            max_error_rate: 0.05,
+            auto: true,
+        }
+    }
+
+    /// Feeds `n` candidate scores drawn around `mean` and noise scores around `floor`.
+    fn run(
+        mean: f64,
+        floor: f64,
+        err_rate: f64,
+        n: usize,
+        seed: u64,
+    ) -> (Judge, Vec<Option<Trigger>>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut j = Judge::default();
+        let c = cfg();
+        let mut decisions = Vec::new();
+        for i in 0..n {
+            let jitter = |rng: &mut rand::rngs::StdRng| rng.random_range(-0.1..0.1);
+            if i % 5 == 0 {
+                j.record_noise((floor + jitter(&mut rng)).clamp(0.0, 1.0), c.window);
+            }
+            let errored = rng.random::<f64>() < err_rate;
+            let s = if errored {
+                0.0
+            } else {
+                (mean + jitter(&mut rng)).clamp(0.0, 1.0)
+            };
+            j.record(s, errored, c.window);
+            decisions.push(j.decide(&c));
+        }
+        (j, decisions)
+    }
+
+    #[test]
+    fn decisions() {
+        // (candidate mean, noise floor, error rate, expected first trigger)
+        let cases = [
+            (0.85, 0.85, 0.0, None),                   // as random as stable
+            (0.80, 0.85, 0.0, None),                   // quality 0.94
+            (0.30, 0.85, 0.0, Some(Trigger::Quality)), // unrelated answers
+            (0.85, 0.85, 0.30, Some(Trigger::Errors)), // failing candidate
+        ];
+        for (mean, floor, err, want) in cases {
+            for seed in 0..20 {
+                let (_, d) = run(mean, floor, err, 2_000, seed);
+                assert!(
+                    d[..29].iter().all(Option::is_none),
+                    "decided before min_samples"
+                );
+                let first = d.iter().flatten().next().copied();
+                assert_eq!(
+                    first, want,
+                    "mean {mean} floor {floor} err {err} seed {seed}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quality_is_normalised_by_noise_floor() {
+        let (j, _) = run(0.7, 0.7, 0.0, 500, 1);
+        let q = j.quality().unwrap();
+        assert!(q > 0.95, "quality {q}");
+        let floor = j.noise_floor().unwrap();
+        assert!((floor - 0.7).abs() < 0.03, "floor {floor}");
+        assert_eq!(Judge::default().quality(), None);
+    }
+}

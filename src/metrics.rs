@@ -1,0 +1,182 @@
+//! Prometheus metrics and the events that feed them. "One event, one place": each function here
+//! both logs the event (key/value `tracing`) and updates the metrics, so a log line and a metric
+//! can never disagree. Label values come from the configuration and the store (route names,
+//! release numbers, fixed kinds), never from raw request data.
+
+use std::time::Duration;
+
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Route label for requests that match no route and go to the default upstream untouched.
+pub const UNROUTED: &str = "_unrouted";
+/// Release label for requests that no release served (unrouted, or refused before routing).
+pub const NO_RELEASE: &str = "none";
+
+/// Every metric of the contract, registered in a registry of its own (one per server, so tests
+/// can run many servers in one process).
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub ttfb: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub cost: CounterVec,
+    pub shadow_requests: IntCounterVec,
+    pub shadow_score: HistogramVec,
+    pub shadow_duration: HistogramVec,
+    pub quality: GaugeVec,
+    pub noise_floor: GaugeVec,
+    pub samples: IntGaugeVec,
+    pub rollbacks: IntCounterVec,
+    pub route_phase: IntGaugeVec,
+    pub serving_release: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+const SCORE_BUCKETS: &[f64] = &[
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let r = &registry;
+        let rr = &["route", "release"];
+        Ok(Metrics {
+            requests: register(r, IntCounterVec::new(Opts::new("understudy_requests_total", "Client requests answered, by route, serving release and HTTP status."), &["route", "release", "status"])?)?,
+            duration: register(r, HistogramVec::new(histogram("understudy_request_duration_seconds", "Time from receiving a client request to the end of its response body.", LATENCY_BUCKETS), rr)?)?,
+            ttfb: register(r, HistogramVec::new(histogram("understudy_time_to_first_byte_seconds", "Time from receiving a client request to the first byte of the upstream's response body.", LATENCY_BUCKETS), rr)?)?,
+            upstream_errors: register(r, IntCounterVec::new(Opts::new("understudy_upstream_errors_total", "Upstream failures on the client's path, by kind (connect, timeout, status, reset, malformed)."), &["route", "release", "kind"])?)?,
+            tokens: register(r, IntCounterVec::new(Opts::new("understudy_tokens_total", "Tokens reported by the upstream's usage, by kind (prompt, completion); mirrored requests included."), &["route", "release", "kind"])?)?,
+            cost: register(r, CounterVec::new(Opts::new("understudy_cost_usd_total", "Spend in US dollars from token usage and the release's configured prices."), rr)?)?,
+            shadow_requests: register(r, IntCounterVec::new(Opts::new("understudy_shadow_requests_total", "Mirrored requests by outcome (scored, error, dropped_busy, dropped_budget, unpaired)."), &["route", "release", "outcome"])?)?,
+            shadow_score: register(r, HistogramVec::new(histogram("understudy_shadow_score", "Per-sample scores of the candidate against stable, by scorer (1 = same as stable).", SCORE_BUCKETS), &["route", "scorer"])?)?,
+            shadow_duration: register(r, HistogramVec::new(histogram("understudy_shadow_duration_seconds", "Latency of mirrored requests, by the release they went to.", LATENCY_BUCKETS), rr)?)?,
+            quality: register(r, GaugeVec::new(Opts::new("understudy_quality", "Rolling candidate score normalised by the noise floor (1 = as close to stable as stable is to itself)."), &["route"])?)?,
+            noise_floor: register(r, GaugeVec::new(Opts::new("understudy_noise_floor", "Rolling score of stable against itself for the same request."), &["route"])?)?,
+            samples: register(r, IntGaugeVec::new(Opts::new("understudy_samples", "Scored samples in the route's current judging window."), &["route"])?)?,
+            rollbacks: register(r, IntCounterVec::new(Opts::new("understudy_rollbacks_total", "Rollbacks by trigger (quality, errors, alert, manual)."), &["route", "trigger"])?)?,
+            route_phase: register(r, IntGaugeVec::new(Opts::new("understudy_route_phase", "1 for the route's current phase, 0 for the others."), &["route", "phase"])?)?,
+            serving_release: register(r, IntGaugeVec::new(Opts::new("understudy_serving_release", "Release number that serves the route's traffic (the candidate once promoted)."), &["route"])?)?,
+            registry,
+        })
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(buckets.to_vec())
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// What the proxy knows about one finished client request.
+pub struct RequestRecord<'a> {
+    pub route: &'a str,
+    pub release: &'a str,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    pub ttfb: Option<Duration>,
+    /// Upstream failure kind on the client's path, if any.
+    pub error_kind: Option<&'static str>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub prices: Option<crate::config::Prices>,
+    /// The client went away before the response ended.
+    pub cancelled: bool,
+}
+
+impl Metrics {
+    /// A client request ended: one log line and its metrics.
+    pub fn request_finished(&self, r: &RequestRecord<'_>) {
+        let status = if r.cancelled {
+            "cancelled".to_string()
+        } else {
+            r.status.to_string()
+        };
+        self.requests
+            .with_label_values(&[r.route, r.release, &status])
+            .inc();
+        self.duration
+            .with_label_values(&[r.route, r.release])
+            .observe(r.duration.as_secs_f64());
+        if let Some(ttfb) = r.ttfb {
+            self.ttfb
+                .with_label_values(&[r.route, r.release])
+                .observe(ttfb.as_secs_f64());
+        }
+        if let Some(kind) = r.error_kind {
+            self.upstream_errors
+                .with_label_values(&[r.route, r.release, kind])
+                .inc();
+        }
+        self.count_tokens(
+            r.route,
+            r.release,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.prices,
+        );
+        tracing::info!(
+            route = r.route,
+            release = r.release,
+            method = %r.method,
+            path = r.path,
+            status = %status,
+            latency_ms = r.duration.as_secs_f64() * 1e3,
+            ttfb_ms = r.ttfb.map(|t| t.as_secs_f64() * 1e3),
+            error = r.error_kind,
+            "request"
+        );
+    }
+
+    /// Token usage (and its cost when the release has prices) for a served or mirrored request.
+    pub fn count_tokens(
+        &self,
+        route: &str,
+        release: &str,
+        prompt: Option<u64>,
+        completion: Option<u64>,
+        prices: Option<crate::config::Prices>,
+    ) {
+        if let Some(n) = prompt {
+            self.tokens
+                .with_label_values(&[route, release, "prompt"])
+                .inc_by(n);
+        }
+        if let Some(n) = completion {
+            self.tokens
+                .with_label_values(&[route, release, "completion"])
+                .inc_by(n);
+        }
+        if let Some(p) = prices {
+            let usd = prompt.unwrap_or(0) as f64 * p.prompt_per_mtok / 1e6
+                + completion.unwrap_or(0) as f64 * p.completion_per_mtok / 1e6;
+            if usd > 0.0 {
+                self.cost.with_label_values(&[route, release]).inc_by(usd);
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Assembly and lifecycle: builds the runtime state from the configuration, starts the
+//! controller, serves the proxy and admin listeners, and shuts down in order: stop accepting,
+//! let in-flight responses finish within the grace period, drain the mirrors, stop the
+//! controller. `run` takes bound listeners and a shutdown future, so tests run it on port 0.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::control::Controller;
+use crate::metrics::Metrics;
+use crate::proxy::{Limits, Proxy};
+use crate::shadow::{RoutePolicy, Shadow};
+use crate::state::{Release, Route, Snapshot, Upstream};
+use crate::upstream::UpstreamClient;
+
+/// Bound on output text kept per observation.
+const OBSERVE_MAX_BYTES: usize = 256 * 1024;
+/// Scored samples waiting for the controller.
+const CONTROL_QUEUE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The two bound listeners.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of the configuration.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Listeners {
+            proxy: TcpListener::bind(config.server.listen).await?,
+            admin: TcpListener::bind(config.admin.listen).await?,
+        })
+    }
+}
+
+/// Builds the first snapshot from the configuration: each route's stable is release 1 and its
+/// candidate release 2.
+pub fn initial_snapshot(
+    config: &Config,
+    secret: &dyn Fn(&str) -> Option<String>,
+) -> Result<Snapshot, ServerError> {
+    let mut upstreams = HashMap::new();
+    for (name, cfg) in &config.upstreams {
+        let u = Upstream::from_config(cfg, secret).map_err(ServerError::Setup)?;
+        upstreams.insert(name.clone(), Arc::new(u));
+    }
+    let upstream = |name: &str| {
+        upstreams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServerError::Setup(format!("unknown upstream {name:?}")))
+    };
+    let mut routes = Vec::new();
+    for r in config.routes.values() {
+        let stable = Arc::new(Release::new(1, &r.stable, upstream(&r.stable.upstream)?));
+        let candidate = match &r.candidate {
+            Some(c) => Some(Arc::new(Release::new(2, c, upstream(&c.upstream)?))),
+            None => None,
+        };
+        routes.push(Arc::new(Route {
+            name: r.name.clone(),
+            alias: r.model.clone(),
+            phase: r.phase,
+            share: r.share,
+            sticky_key: r.sticky_key.clone(),
+            stable,
+            candidate,
+            policy: Arc::new(RoutePolicy::new(
+                r.shadow.clone(),
+                r.scoring.clone(),
+                r.rollback.clone(),
+            )),
+        }));
+    }
+    let default_upstream = upstream(&config.default_upstream)?;
+    Ok(Snapshot::new(routes, default_upstream, upstreams))
+}
+
+/// Runs the server until `shutdown` resolves, then shuts down in order.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    secret: impl Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let token = secret(&config.admin.token_env).filter(|t| !t.is_empty());
+    if token.is_none() {
+        return Err(ServerError::Setup(format!(
+            "admin.token_env: environment variable {} is not set (the admin API needs a token)",
+            config.admin.token_env
+        )));
+    }
+    let snapshot = initial_snapshot(&config, &secret)?;
+    let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    let metrics =
+        Arc::new(Metrics::new().map_err(|e| ServerError::Setup(format!("metrics: {e}")))?);
+    let client = UpstreamClient::new(config.server.connect_timeout);
+    let mirrors = TaskTracker::new();
+    let stop = CancellationToken::new();
+
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let controller = Controller::new(Arc::clone(&state), Arc::clone(&metrics));
+    let controller_stop = CancellationToken::new();
+    let controller_task = tokio::task::spawn_blocking({
+        let stop = controller_stop.clone();
+        let handle = tokio::runtime::Handle::current();
+        move || handle.block_on(controller.run(control_rx, stop))
+    });
+
+    let (samples_tx, mut samples_rx) = mpsc::channel(CONTROL_QUEUE);
+    // Samples reach the controller through the same command queue.
+    let forward_samples = {
+        let tx = control_tx.clone();
+        async move {
+            while let Some(s) = samples_rx.recv().await {
+                if tx
+                    .send(crate::control::Command::Sample(Box::new(s)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    };
+    let shadow = Arc::new(Shadow::new(
+        client.clone(),
+        Arc::clone(&metrics),
+        mirrors.clone(),
+        samples_tx,
+        OBSERVE_MAX_BYTES,
+    ));
+    let proxy = Arc::new(Proxy {
+        state: Arc::clone(&state),
+        client,
+        metrics: Arc::clone(&metrics),
+        shadow,
+        limits: Limits {
+            max_body_bytes: config.server.max_body_bytes,
+            upstream_timeout: config.server.upstream_timeout,
+            observe_max_bytes: OBSERVE_MAX_BYTES,
+        },
+    });
+    let admin = Arc::new(Admin {
+        state,
+        metrics,
+        control: control_tx,
+        token,
+    });
+
+    tracing::info!(
+        proxy = %listeners.proxy.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        routes = config.routes.len(),
+        "understudy serving"
+    );
+    let connections = TaskTracker::new();
+    let graceful = GracefulShutdown::new();
+    let mut serving = Box::pin(async {
+        tokio::join!(
+            accept_loop(
+                listeners.proxy,
+                &connections,
+                &graceful,
+                &stop,
+                move |req| { Arc::clone(&proxy).handle(req) }
+            ),
+            accept_loop(
+                listeners.admin,
+                &connections,
+                &graceful,
+                &stop,
+                move |req| { Arc::clone(&admin).handle(req) }
+            ),
+        )
+    });
+    tokio::pin!(forward_samples);
+    tokio::select! {
+        () = shutdown => {}
+        _ = &mut serving => {}
+        () = &mut forward_samples => {}
+    }
+    stop.cancel();
+    serving.await;
+    tracing::info!("shutting down: no new connections; waiting for in-flight responses");
+    let grace = config.server.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "grace period over; cutting remaining connections");
+    }
+    connections.close();
+    mirrors.close();
+    let _ = tokio::time::timeout(grace, async {
+        tokio::join!(connections.wait(), mirrors.wait(), &mut forward_samples)
+    })
+    .await;
+    controller_stop.cancel();
+    let _ = controller_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Accepts connections until `stop`, serving each on a task of `connections`.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    connections: &TaskTracker,
+    graceful: &GracefulShutdown,
+    stop: &CancellationToken,
+    handler: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<hyper::Response<crate::upstream::Body>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service_fn(handler))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,211 @@
+//! The upstream leg: one pooled keep-alive HTTP client (HTTP/1.1 and HTTP/2, `http://` and
+//! `https://` through rustls), header hygiene for both directions (RFC 9110 hop-by-hop fields,
+//! credentials), and the deadline for the upstream's response head.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Request;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::ApiFlavor;
+use crate::error::ProxyError;
+use crate::state::Upstream;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of every request and response the proxy sends.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Request header that names a route explicitly; consumed by the proxy, never forwarded.
+pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-understudy-route");
+/// Marks requests the proxy mirrored, so upstream logs can tell them apart.
+pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-understudy-shadow");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The shared upstream client. Cloning is cheap and shares the connection pool.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        UpstreamClient { client }
+    }
+
+    /// Sends `req` and waits at most `timeout` for the response head.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ProxyError::UpstreamConnect {
+                upstream: upstream.name.clone(),
+                reason: describe(&e),
+            }),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                upstream: upstream.name.clone(),
+                secs: timeout.as_secs(),
+            }),
+        }
+    }
+}
+
+/// A short cause for a client error, without URLs (which could carry credentials).
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut cause: &dyn Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if e.is_connect() {
+        format!("connect failed ({cause})")
+    } else {
+        cause.to_string()
+    }
+}
+
+/// Removes the hop-by-hop fields of RFC 9110 section 7.6.1: `Connection` and every field it
+/// names, plus the classic ones that must not cross a proxy.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Headers for a request to `upstream`: the client's, minus hop-by-hop fields and `Host`, with
+/// the upstream's own credential in place of the client's when one is configured. `managed`
+/// requests (rewritten bodies) also lose `Content-Length` (set from the new body) and
+/// `Accept-Encoding` (the proxy reads the response to observe it).
+pub fn outbound_headers(mut headers: HeaderMap, upstream: &Upstream, managed: bool) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(ROUTE_HEADER);
+    if managed {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::ACCEPT_ENCODING);
+    }
+    if let Some(cred) = &upstream.credential {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(X_API_KEY);
+        let name = match upstream.api {
+            ApiFlavor::OpenAi => header::AUTHORIZATION,
+            ApiFlavor::Anthropic => X_API_KEY,
+        };
+        headers.insert(name, cred.clone());
+    }
+    headers
+}
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A `HeaderValue` for a small decimal number (release versions).
+pub fn number_header(n: u32) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::uri::{Authority, Scheme};
+
+    fn upstream(api: ApiFlavor, key: Option<&'static str>) -> Upstream {
+        Upstream {
+            name: "u".into(),
+            scheme: Scheme::HTTP,
+            authority: Authority::from_static("example:80"),
+            path_prefix: String::new(),
+            api,
+            credential: key.map(HeaderValue::from_static),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_and_credentials() {
+        let h = headers(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("host", "proxy"),
+            ("authorization", "Bearer client"),
+            ("x-user-id", "u1"),
+            ("x-understudy-route", "bot"),
+            ("content-length", "10"),
+            ("accept-encoding", "gzip"),
+        ]);
+        let out = outbound_headers(h.clone(), &upstream(ApiFlavor::OpenAi, None), true);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["authorization", "x-user-id"]);
+        assert_eq!(out["authorization"], "Bearer client");
+
+        let out = outbound_headers(
+            h.clone(),
+            &upstream(ApiFlavor::OpenAi, Some("Bearer up")),
+            false,
+        );
+        assert_eq!(out["authorization"], "Bearer up");
+        assert_eq!(out["content-length"], "10");
+
+        let out = outbound_headers(h, &upstream(ApiFlavor::Anthropic, Some("key")), false);
+        assert_eq!(out["x-api-key"], "key");
+        assert!(out.get("authorization").is_none());
+    }
+}

@@ -1,0 +1,305 @@
+//! Shared harness of the integration tests: the simulated upstream and the server, both on
+//! 127.0.0.1:0, and a small HTTP client that records when each body chunk arrived.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(clippy::disallowed_methods)] // tests run the server and the simulator on plain tasks
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is the test failing
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use understudy::config::Config;
+use understudy::server::{run, Listeners};
+use understudy::sim::{Behavior, SimUpstream};
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// A running simulated upstream.
+pub struct Sim {
+    pub sim: Arc<SimUpstream>,
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Sim {
+    pub async fn start(default: Behavior) -> Sim {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sim = SimUpstream::new(default);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(Arc::clone(&sim).serve(listener, async {
+            let _ = rx.await;
+        }));
+        Sim {
+            sim,
+            url,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A running Understudy.
+pub struct Server {
+    pub proxy: String,
+    pub admin: String,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<Result<(), understudy::server::ServerError>>>,
+}
+
+impl Server {
+    /// Starts the server with `toml`, where `{SIM}` stands for the simulated upstream's URL and
+    /// `{DIR}` for a fresh temporary directory.
+    pub async fn start(toml: &str, sim_url: &str) -> (Server, tempfile::TempDir) {
+        Self::start_with_secrets(toml, sim_url, &[]).await
+    }
+
+    pub async fn start_with_secrets(
+        toml: &str,
+        sim_url: &str,
+        secrets: &[(&str, &str)],
+    ) -> (Server, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = toml
+            .replace("{SIM}", sim_url)
+            .replace("{DIR}", dir.path().to_str().unwrap());
+        let config = Config::parse(&text, dir.path()).unwrap_or_else(|e| {
+            panic!(
+                "test config invalid: {}",
+                e.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        });
+        let server = Self::start_config(config, secrets).await;
+        (server, dir)
+    }
+
+    pub async fn start_config(config: Config, secrets: &[(&str, &str)]) -> Server {
+        let listeners = Listeners {
+            proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let proxy = format!("http://{}", listeners.proxy.local_addr().unwrap());
+        let admin = format!("http://{}", listeners.admin.local_addr().unwrap());
+        let mut secrets: Vec<(String, String)> = secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        secrets.push(("UNDERSTUDY_ADMIN_TOKEN".into(), TOKEN.into()));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            config,
+            listeners,
+            move |k| secrets.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Server {
+            proxy,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("server did not stop")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = send(
+            Method::GET,
+            &format!("{}/metrics", self.admin),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    /// The value of one sample line of /metrics (labels given in the exposition's order).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        metric_value(&self.metrics().await, name_and_labels)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The value of `name{labels}` in a Prometheus text exposition (0 when absent).
+pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A response with the arrival time of each body chunk.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// (time since the request was sent, chunk)
+    pub chunks: Vec<(Duration, Bytes)>,
+    pub total: Duration,
+    /// The body ended with an error (reset, timeout).
+    pub body_error: Option<String>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    send_with(&client(), method, url, headers, body).await
+}
+
+pub async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let started = Instant::now();
+    let resp = client
+        .request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut chunks = Vec::new();
+    let mut all = Vec::new();
+    let mut body_error = None;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                body_error = Some(e.to_string());
+                break;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    all.extend_from_slice(&data);
+                    chunks.push((started.elapsed(), data));
+                }
+            }
+        }
+    }
+    Reply {
+        status,
+        headers,
+        body: Bytes::from(all),
+        chunks,
+        total: started.elapsed(),
+        body_error,
+    }
+}
+
+/// POSTs JSON.
+pub async fn post(url: &str, body: &serde_json::Value, headers: &[(&str, &str)]) -> Reply {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(Method::POST, url, &h, Bytes::from(body.to_string())).await
+}
+
+/// Polls `cond` every 20 ms for up to `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A request body of each managed API for `model`.
+pub fn request_for(path: &str, model: &str, prompt: &str, stream: bool) -> serde_json::Value {
+    use serde_json::json;
+    match path {
+        "/v1/chat/completions" => json!({"model": model, "stream": stream,
+            "messages": [{"role": "user", "content": prompt}]}),
+        "/v1/completions" => json!({"model": model, "stream": stream, "prompt": prompt}),
+        "/v1/responses" => json!({"model": model, "stream": stream, "input": prompt}),
+        "/v1/messages" => json!({"model": model, "stream": stream, "max_tokens": 256,
+            "messages": [{"role": "user", "content": prompt}]}),
+        other => panic!("not a managed path: {other}"),
+    }
+}
+
+pub const PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+];
