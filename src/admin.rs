@@ -1,33 +1,41 @@
-//! The admin listener: `/metrics`, health, and the route API of the contract. Reads come from
-//! the current snapshot and the controller; changes go to the controller, which persists them
-//! before answering. Mutating calls (and the review samples, which hold user prompts) need the
-//! bearer token, compared in constant time.
+//! The admin listener: `/metrics`, health, the route API of the contract and the Alertmanager
+//! webhook. Reads and changes both go to the controller, which commits every change to the
+//! store before it answers. Mutating calls (and the review samples, which hold user prompts)
+//! need the bearer token, compared in constant time.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{Command, RouteStats, SampleOrder};
+use crate::config::{Phase, Prices, ReleaseSpec};
+use crate::control::{Alert, Change, ChangeError, Command, SampleOrder};
 use crate::error::error_response;
+use crate::judge::Trigger;
+use crate::lifecycle::Refused;
 use crate::metrics::Metrics;
 use crate::proxy::text_response;
-use crate::state::{Release, Route, Snapshot};
+use crate::state::Snapshot;
 use crate::upstream::{full, Body};
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1 << 20;
 
 pub struct Admin {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     /// Commands for the controller, the one owner of change.
     pub control: mpsc::Sender<Command>,
-    /// The admin bearer token; None refuses every authenticated call.
+    /// The admin bearer token.
     pub token: Option<String>,
 }
 
@@ -37,7 +45,13 @@ impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let resp = match (req.method(), segments.as_slice()) {
+        let method = req.method().clone();
+        let mutating =
+            method == Method::POST || matches!(segments.as_slice(), [_, _, _, "samples"]);
+        if mutating && !self.authorized(&req) {
+            return Ok(unauthorized());
+        }
+        let resp = match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => {
                 let mut r = Response::new(full(self.metrics.render()));
                 r.headers_mut().insert(
@@ -49,66 +63,47 @@ impl Admin {
             (&Method::GET, ["healthz"]) => text_response(StatusCode::OK, "ok\n"),
             (&Method::GET, ["readyz"]) => text_response(StatusCode::OK, "ready\n"),
             (&Method::GET, ["admin", "routes"]) => {
-                let stats = self.stats().await;
-                let snapshot = self.state.load();
-                let mut routes: Vec<&Arc<Route>> = snapshot.routes().collect();
-                routes.sort_by(|a, b| a.name.cmp(&b.name));
-                let list: Vec<Value> = routes
-                    .iter()
-                    .map(|r| route_json(r, stats.get(&r.name)))
-                    .collect();
-                json_response(StatusCode::OK, &json!({ "routes": list }))
+                let (reply, rx) = oneshot::channel();
+                match self.ask(Command::Routes { reply }, rx).await {
+                    Some(routes) => json_response(StatusCode::OK, &json!({ "routes": routes })),
+                    None => unavailable(),
+                }
             }
             (&Method::GET, ["admin", "routes", name]) => {
-                let stats = self.stats().await;
-                match self.state.load().route(name) {
-                    Some(r) => json_response(StatusCode::OK, &route_json(r, stats.get(*name))),
-                    None => not_found(name),
-                }
-            }
-            (&Method::GET, ["admin", "routes", name, "samples"]) => {
-                if !self.authorized(&req) {
-                    return Ok(unauthorized());
-                }
-                let query = req.uri().query().unwrap_or("");
-                let param = |k: &str| {
-                    query
-                        .split('&')
-                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-                };
-                let order = match param("order") {
-                    None | Some("worst") => SampleOrder::Worst,
-                    Some("random") => SampleOrder::Random,
-                    Some(other) => {
-                        return Ok(bad_request(&format!(
-                            "order must be worst or random, not {other:?}"
-                        )))
-                    }
-                };
-                let limit = match param("limit").map(str::parse::<usize>) {
-                    None => 20,
-                    Some(Ok(n)) => n,
-                    Some(Err(_)) => return Ok(bad_request("limit must be a whole number")),
-                };
                 let (reply, rx) = oneshot::channel();
-                let cmd = Command::Samples {
-                    route: name.to_string(),
-                    order,
-                    limit,
-                    reply,
-                };
-                match self.ask(cmd, rx).await {
-                    Some(Some(samples)) => json_response(
-                        StatusCode::OK,
-                        &json!({ "route": name, "samples": samples }),
-                    ),
-                    Some(None) if self.state.load().route(name).is_some() => {
-                        json_response(StatusCode::OK, &json!({ "route": name, "samples": [] }))
-                    }
+                match self
+                    .ask(
+                        Command::Detail {
+                            route: name.to_string(),
+                            reply,
+                        },
+                        rx,
+                    )
+                    .await
+                {
+                    Some(Some(v)) => json_response(StatusCode::OK, &v),
                     Some(None) => not_found(name),
                     None => unavailable(),
                 }
             }
+            (&Method::GET, ["admin", "routes", name, "samples"]) => {
+                self.samples(name, req.uri().query()).await
+            }
+            (&Method::POST, ["admin", "routes", name, action]) => {
+                let name = name.to_string();
+                let action = action.to_string();
+                match read_json(req)
+                    .await
+                    .and_then(|body| parse_change(&action, body))
+                {
+                    Ok(change) => self.change(name, change).await,
+                    Err(e) => e.into_response(),
+                }
+            }
+            (&Method::POST, ["admin", "alertmanager"]) => match read_json(req).await {
+                Ok(body) => self.alertmanager(body).await,
+                Err(e) => e.into_response(),
+            },
             _ => error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -137,39 +132,288 @@ impl Admin {
         rx.await.ok()
     }
 
-    async fn stats(&self) -> HashMap<String, RouteStats> {
+    async fn change(&self, route: String, change: Change) -> Response<Body> {
         let (reply, rx) = oneshot::channel();
-        self.ask(Command::Stats { reply }, rx)
+        match self
+            .ask(
+                Command::Change {
+                    route,
+                    change,
+                    reply,
+                },
+                rx,
+            )
             .await
-            .unwrap_or_default()
+        {
+            Some(Ok(v)) => json_response(StatusCode::OK, &v),
+            Some(Err(e)) => {
+                let (status, code) = match &e {
+                    ChangeError::UnknownRoute(_) | ChangeError::Refused(Refused::NotFound(_)) => {
+                        (StatusCode::NOT_FOUND, "not_found")
+                    }
+                    ChangeError::Refused(Refused::Invalid(_)) => {
+                        (StatusCode::BAD_REQUEST, "invalid_request")
+                    }
+                    ChangeError::Refused(Refused::Conflict(_)) => {
+                        (StatusCode::CONFLICT, "conflict")
+                    }
+                    ChangeError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+                };
+                error_response(status, code, &e.to_string(), None)
+            }
+            None => unavailable(),
+        }
+    }
+
+    async fn samples(&self, name: &str, query: Option<&str>) -> Response<Body> {
+        let query = query.unwrap_or("");
+        let param = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+        };
+        let order = match param("order") {
+            None | Some("worst") => SampleOrder::Worst,
+            Some("random") => SampleOrder::Random,
+            Some(other) => {
+                return bad_request(&format!("order must be worst or random, not {other:?}"))
+            }
+        };
+        let limit = match param("limit").map(str::parse::<usize>) {
+            None => 20,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return bad_request("limit must be a whole number"),
+        };
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Samples {
+            route: name.to_string(),
+            order,
+            limit,
+            reply,
+        };
+        match self.ask(cmd, rx).await {
+            Some(Some(samples)) => json_response(
+                StatusCode::OK,
+                &json!({ "route": name, "samples": samples }),
+            ),
+            Some(None) => not_found(name),
+            None => unavailable(),
+        }
+    }
+
+    /// Alertmanager's webhook (payload version 4): each firing alert labelled with
+    /// `understudy_route` rolls that route's candidate back.
+    async fn alertmanager(&self, body: Value) -> Response<Body> {
+        let payload: AlertmanagerPayload = match serde_json::from_value(body) {
+            Ok(p) => p,
+            Err(e) => return bad_request(&format!("not an Alertmanager webhook payload: {e}")),
+        };
+        if payload.version != "4" {
+            return bad_request(&format!(
+                "unsupported Alertmanager payload version {:?} (4 expected)",
+                payload.version
+            ));
+        }
+        let mut alerts = Vec::new();
+        for a in payload.alerts {
+            let Some(route) = a.labels.get("understudy_route").and_then(Value::as_str) else {
+                continue;
+            };
+            if a.status != "firing" {
+                continue;
+            }
+            let Ok(starts) = humantime::parse_rfc3339_weak(&a.starts_at) else {
+                return bad_request(&format!(
+                    "alert startsAt {:?} is not an RFC 3339 time",
+                    a.starts_at
+                ));
+            };
+            let starts_at_ms = starts
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let name = a
+                .labels
+                .get("alertname")
+                .and_then(Value::as_str)
+                .unwrap_or("alert");
+            let summary = a
+                .annotations
+                .get("summary")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let reason = if summary.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}: {summary}")
+            };
+            alerts.push(Alert {
+                route: route.to_string(),
+                reason,
+                starts_at_ms,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.ask(Command::Alerts { alerts, reply }, rx).await {
+            Some(outcomes) => json_response(StatusCode::OK, &json!({ "alerts": outcomes })),
+            None => unavailable(),
+        }
     }
 }
 
-pub fn release_json(r: &Release) -> Value {
-    json!({
-        "version": r.version,
-        "label": r.label,
-        "upstream": r.upstream.name,
-        "model": r.model,
-        "system_prompt": r.system_prompt,
-        "params": r.params.iter().map(|(k, v)| (k.clone(), serde_json::from_str::<Value>(v.get()).unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
-    })
+#[derive(Deserialize)]
+struct AlertmanagerPayload {
+    version: String,
+    alerts: Vec<AlertmanagerAlert>,
 }
 
-fn route_json(r: &Route, stats: Option<&RouteStats>) -> Value {
-    json!({
-        "name": r.name,
-        "model": r.alias,
-        "phase": r.phase.as_str(),
-        "share": r.share,
-        "serving": r.serving().version,
-        "stable": release_json(&r.stable),
-        "candidate": r.candidate.as_deref().map(release_json),
-        "quality": stats.and_then(|s| s.quality),
-        "noise_floor": stats.and_then(|s| s.noise_floor),
-        "samples": stats.map_or(0, |s| s.samples),
-        "error_rate": stats.map_or(0.0, |s| s.error_rate),
-    })
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AlertmanagerAlert {
+    status: String,
+    #[serde(default)]
+    labels: serde_json::Map<String, Value>,
+    #[serde(default)]
+    annotations: serde_json::Map<String, Value>,
+    starts_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    label: Option<String>,
+    upstream: String,
+    model: String,
+    system_prompt: Option<String>,
+    #[serde(default)]
+    params: serde_json::Map<String, Value>,
+    prices: Option<PricesBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricesBody {
+    prompt_per_mtok: f64,
+    completion_per_mtok: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    phase: String,
+    share: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    to: Option<u32>,
+    reason: Option<String>,
+}
+
+/// A refused admin request, before it reaches the controller.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(message: String) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message,
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let code = if self.status == StatusCode::NOT_FOUND {
+            "not_found"
+        } else {
+            "invalid_request"
+        };
+        error_response(self.status, code, &self.message, None)
+    }
+}
+
+/// The change an admin POST asks for, or why not.
+fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
+    let invalid = |e: serde_json::Error| ApiError::bad(format!("{action}: {e}"));
+    match action {
+        "releases" => {
+            let b: PublishBody = serde_json::from_value(body).map_err(invalid)?;
+            if b.model.trim().is_empty() || b.model.contains("latest") {
+                return Err(ApiError::bad(
+                    "model must be a pinned model name (a dated version, never \"latest\")".into(),
+                ));
+            }
+            if let Some(k) = ["model", "messages", "stream"]
+                .iter()
+                .find(|k| b.params.contains_key(**k))
+            {
+                return Err(ApiError::bad(format!(
+                    "params may not set {k:?}: the proxy owns it"
+                )));
+            }
+            let prices = b.prices.map(|p| Prices {
+                prompt_per_mtok: p.prompt_per_mtok,
+                completion_per_mtok: p.completion_per_mtok,
+            });
+            Ok(Change::Publish(ReleaseSpec {
+                label: b.label,
+                upstream: b.upstream,
+                model: b.model,
+                system_prompt: b.system_prompt,
+                params: b.params,
+                prices,
+            }))
+        }
+        "promote" => {
+            let b: PromoteBody = serde_json::from_value(body).map_err(invalid)?;
+            let phase = b.phase.parse::<Phase>().map_err(|_| {
+                ApiError::bad(format!(
+                    "phase must be shadow, canary or promoted, not {:?}",
+                    b.phase
+                ))
+            })?;
+            Ok(Change::Promote {
+                phase,
+                share: b.share,
+            })
+        }
+        "rollback" => {
+            let b: RollbackBody = if body.is_null() {
+                RollbackBody::default()
+            } else {
+                serde_json::from_value(body).map_err(invalid)?
+            };
+            let reason = b.reason.unwrap_or_else(|| "manual rollback".into());
+            Ok(Change::Rollback {
+                to: b.to,
+                trigger: Trigger::Manual,
+                reason,
+            })
+        }
+        "finalize" => Ok(Change::Finalize),
+        _ => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: "no such admin endpoint".into(),
+        }),
+    }
+}
+
+/// The request's JSON body (null when empty), or a 400.
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let bytes: Bytes = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return Err(ApiError::bad(format!("could not read the body: {e}"))),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("body is not valid JSON: {e}")))
 }
 
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {

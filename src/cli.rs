@@ -98,9 +98,22 @@ pub fn serve(path: &Path) -> ExitCode {
     }
 }
 
-pub fn demo(_port: u16, _exit: bool) -> ExitCode {
-    complain("demo: not built yet");
-    ExitCode::from(1)
+/// `understudy demo`: see [`crate::demo`].
+pub fn demo(port: u16, exit: bool) -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logging();
+    }
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(crate::demo::demo(port, exit, shutdown_signal(), say))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(&e);
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Serves the simulated upstream (every model answers with the default behaviour) until Ctrl-C.

@@ -1,23 +1,35 @@
-//! The controller: the one owner of change. It receives scored samples from the mirrors and
-//! commands from the admin API, keeps each route's judge and review samples, decides rollbacks,
-//! and publishes each new [`Snapshot`] by swapping it in whole. The request path only ever reads.
+//! The controller: the one owner of change. It owns the store and every route's history,
+//! judge and review samples. Scored samples (from the mirrors) and commands (from the admin API
+//! and Alertmanager) arrive on one queue and are applied one at a time: compute the transition
+//! (pure, in [`crate::lifecycle`]), commit it to the store, then publish the new [`Snapshot`] by
+//! swapping it in whole. The request path only ever reads the snapshot.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, Phase, ReleaseSpec, StickyKey};
 use crate::judge::{Judge, Trigger};
+use crate::lifecycle::{self, Refused, RouteHistory};
 use crate::metrics::Metrics;
 use crate::observe::Observation;
 use crate::score::Score;
-use crate::state::Snapshot;
+use crate::shadow::RoutePolicy;
+use crate::state::{Release, Route, Snapshot, Upstream};
+use crate::store::{EventRecord, ReleaseRecord, Store, StoreError, Transition};
+
+/// How often kept review samples are written to the store.
+const FLUSH_EVERY: Duration = Duration::from_secs(2);
+/// Events listed per route in its detail.
+const EVENTS_SHOWN: usize = 200;
 
 /// One scored comparison from a mirror.
 pub struct Sample {
@@ -34,17 +46,66 @@ pub struct Sample {
     pub second_stable: Option<Observation>,
 }
 
-/// What the admin API asks the controller.
+/// A change to a route's releases.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Publish(ReleaseSpec),
+    Promote {
+        phase: Phase,
+        share: Option<f64>,
+    },
+    Rollback {
+        to: Option<u32>,
+        trigger: Trigger,
+        reason: String,
+    },
+    Finalize,
+}
+
+/// One firing alert from Alertmanager.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub route: String,
+    pub reason: String,
+    pub starts_at_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// What the controller is asked to do.
 pub enum Command {
     Sample(Box<Sample>),
+    Change {
+        route: String,
+        change: Change,
+        reply: Reply<Result<Value, ChangeError>>,
+    },
+    Alerts {
+        alerts: Vec<Alert>,
+        reply: Reply<Vec<Value>>,
+    },
+    Routes {
+        reply: Reply<Vec<Value>>,
+    },
+    Detail {
+        route: String,
+        reply: Reply<Option<Value>>,
+    },
     Samples {
         route: String,
         order: SampleOrder,
         limit: usize,
-        reply: oneshot::Sender<Option<Vec<ReviewSample>>>,
-    },
-    Stats {
-        reply: oneshot::Sender<HashMap<String, RouteStats>>,
+        reply: Reply<Option<Vec<ReviewSample>>>,
     },
 }
 
@@ -54,30 +115,21 @@ pub enum SampleOrder {
     Random,
 }
 
-/// Judge figures of a route, for the admin API.
-#[derive(Debug, Clone, Serialize)]
-pub struct RouteStats {
-    pub quality: Option<f64>,
-    pub noise_floor: Option<f64>,
-    pub samples: usize,
-    pub error_rate: f64,
-}
-
 /// A request/output pair kept for review.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReviewSample {
     pub at_unix: u64,
     pub candidate_version: u32,
     pub score: f64,
-    pub scores: HashMap<&'static str, f64>,
-    pub hard_failure: Option<&'static str>,
+    pub scores: BTreeMap<String, f64>,
+    pub hard_failure: Option<String>,
     /// The request body as JSON (null when redacted).
-    pub request: Option<serde_json::Value>,
+    pub request: Option<Value>,
     pub stable: OutputView,
     pub candidate: OutputView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutputView {
     pub status: u16,
     pub text: String,
@@ -110,11 +162,14 @@ struct Reviews {
     worst: Vec<ReviewSample>,
     reservoir: Vec<ReviewSample>,
     seen: u64,
+    /// Changed since last written to the store.
+    dirty: bool,
 }
 
 impl Reviews {
     fn add(&mut self, s: ReviewSample, keep_worst: usize, keep_random: usize) {
         self.seen += 1;
+        self.dirty = true;
         if keep_random > 0 {
             if self.reservoir.len() < keep_random {
                 self.reservoir.push(s.clone());
@@ -135,46 +190,196 @@ impl Reviews {
     }
 }
 
-#[derive(Default)]
+/// What the configuration says about a route beyond its releases.
+struct Settings {
+    alias: String,
+    sticky_key: Option<StickyKey>,
+    /// Shared by every snapshot of the route, so mirror budgets survive swaps.
+    policy: Arc<RoutePolicy>,
+}
+
 struct RouteRuntime {
+    history: RouteHistory,
     judge: Judge,
     reviews: Reviews,
-    /// Candidate version the judge's window belongs to.
-    judged_version: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub struct Controller {
     state: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
-    routes: HashMap<String, RouteRuntime>,
+    store: Box<dyn Store>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+    default_upstream: Arc<Upstream>,
+    settings: BTreeMap<String, Settings>,
+    routes: BTreeMap<String, RouteRuntime>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 impl Controller {
-    pub fn new(state: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
-        Controller {
-            state,
-            metrics,
-            routes: HashMap::new(),
+    /// Loads the store, reconciles every configured route with it (committing what changed),
+    /// and builds the first snapshot.
+    pub fn start(
+        config: &Config,
+        mut store: Box<dyn Store>,
+        upstreams: HashMap<String, Arc<Upstream>>,
+        default_upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Controller, StartError> {
+        let loaded = store.load()?;
+        let mut histories: HashMap<String, RouteHistory> = loaded
+            .routes
+            .into_iter()
+            .map(|record| {
+                (
+                    record.route.clone(),
+                    RouteHistory {
+                        record,
+                        releases: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        for r in loaded.releases {
+            if let Some(h) = histories.get_mut(&r.route) {
+                h.releases.push(r);
+            }
         }
+        let mut routes = BTreeMap::new();
+        let mut settings = BTreeMap::new();
+        let now = now_ms();
+        for (name, cfg) in &config.routes {
+            let mut history = histories.remove(name);
+            if let Some(t) = lifecycle::reconcile(cfg, history.as_ref(), now) {
+                store.commit(&t)?;
+                match &mut history {
+                    Some(h) => h.apply(&t),
+                    None => history = RouteHistory::created(&t),
+                }
+                for e in &t.events {
+                    tracing::info!(route = %name, event = %e.kind, to = ?e.to_version, reason = ?e.reason, "reconciled with the configuration");
+                }
+            }
+            let history = history.ok_or_else(|| {
+                StartError::Invalid(format!("route {name}: no state after reconciling"))
+            })?;
+            let mut reviews = Reviews::default();
+            for (kind, list) in [
+                ("worst", &mut reviews.worst),
+                ("random", &mut reviews.reservoir),
+            ] {
+                *list = store
+                    .samples(name, kind)?
+                    .iter()
+                    .filter_map(|s| serde_json::from_str(s).ok())
+                    .collect();
+            }
+            routes.insert(
+                name.clone(),
+                RouteRuntime {
+                    history,
+                    judge: Judge::default(),
+                    reviews,
+                },
+            );
+            let policy = RoutePolicy::new(
+                cfg.shadow.clone(),
+                cfg.scoring.clone(),
+                cfg.rollback.clone(),
+            );
+            settings.insert(
+                name.clone(),
+                Settings {
+                    alias: cfg.model.clone(),
+                    sticky_key: cfg.sticky_key.clone(),
+                    policy: Arc::new(policy),
+                },
+            );
+        }
+        let mut c = Controller {
+            state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
+                Vec::new(),
+                Arc::clone(&default_upstream),
+                upstreams.clone(),
+            ))),
+            metrics,
+            store,
+            upstreams,
+            default_upstream,
+            settings,
+            routes,
+        };
+        c.publish().map_err(StartError::Invalid)?;
+        Ok(c)
+    }
+
+    /// The snapshot the request path reads.
+    pub fn state(&self) -> Arc<ArcSwap<Snapshot>> {
+        Arc::clone(&self.state)
     }
 
     /// Applies commands until `shutdown` fires or every sender is gone.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
         loop {
-            let cmd = tokio::select! {
-                cmd = rx.recv() => cmd,
-                () = shutdown.cancelled() => None,
-            };
-            match cmd {
-                Some(cmd) => self.apply(cmd),
-                None => break,
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.apply(cmd),
+                    None => break,
+                },
+                _ = flush.tick() => self.flush_reviews(),
+                () = shutdown.cancelled() => break,
             }
         }
+        self.flush_reviews();
     }
 
     fn apply(&mut self, cmd: Command) {
         match cmd {
             Command::Sample(s) => self.sample(*s),
+            Command::Change {
+                route,
+                change,
+                reply,
+            } => {
+                let result = self
+                    .change(&route, change)
+                    .map(|()| self.route_json(&route, false).unwrap_or(Value::Null));
+                let _ = reply.send(result);
+            }
+            Command::Alerts { alerts, reply } => {
+                let outcomes = alerts.into_iter().map(|a| self.alert(a)).collect();
+                let _ = reply.send(outcomes);
+            }
+            Command::Routes { reply } => {
+                let names: Vec<String> = self.routes.keys().cloned().collect();
+                let _ = reply.send(
+                    names
+                        .iter()
+                        .filter_map(|n| self.route_json(n, false))
+                        .collect(),
+                );
+            }
+            Command::Detail { route, reply } => {
+                let _ = reply.send(self.route_json(&route, true));
+            }
             Command::Samples {
                 route,
                 order,
@@ -190,47 +395,114 @@ impl Controller {
                 });
                 let _ = reply.send(out);
             }
-            Command::Stats { reply } => {
-                let stats = self
-                    .routes
-                    .iter()
-                    .map(|(name, r)| {
-                        let j = &r.judge;
-                        let s = RouteStats {
-                            quality: j.quality(),
-                            noise_floor: j.noise_floor(),
-                            samples: j.samples(),
-                            error_rate: j.error_rate(),
-                        };
-                        (name.clone(), s)
-                    })
-                    .collect();
-                let _ = reply.send(stats);
-            }
         }
     }
 
+    /// Validates, commits and publishes one change.
+    fn change(&mut self, route: &str, change: Change) -> Result<(), ChangeError> {
+        let rt = self
+            .routes
+            .get(route)
+            .ok_or_else(|| ChangeError::UnknownRoute(route.to_string()))?;
+        let now = now_ms();
+        let h = &rt.history;
+        let t = match &change {
+            Change::Publish(spec) => {
+                if !self.upstreams.contains_key(&spec.upstream) {
+                    return Err(
+                        Refused::Invalid(format!("unknown upstream {:?}", spec.upstream)).into(),
+                    );
+                }
+                Some(lifecycle::publish(h, spec, now))
+            }
+            Change::Promote { phase, share } => Some(lifecycle::promote(h, *phase, *share, now)?),
+            Change::Rollback {
+                to,
+                trigger,
+                reason,
+            } => lifecycle::rollback(h, *to, *trigger, reason, now)?,
+            Change::Finalize => Some(lifecycle::finalize(h, now)?),
+        };
+        let Some(t) = t else { return Ok(()) };
+        self.commit(route, &t)?;
+        if let Change::Rollback {
+            trigger, reason, ..
+        } = &change
+        {
+            let (from, to) = t
+                .events
+                .last()
+                .map_or((None, None), |e| (e.from_version, e.to_version));
+            self.metrics.rolled_back(route, *trigger, reason, from, to);
+        }
+        Ok(())
+    }
+
+    /// Commits `t`, applies it in memory and publishes the new snapshot.
+    fn commit(&mut self, route: &str, t: &Transition) -> Result<(), ChangeError> {
+        self.store.commit(t)?;
+        if let Some(rt) = self.routes.get_mut(route) {
+            let before = (rt.history.record.stable, rt.history.record.candidate);
+            rt.history.apply(t);
+            let after = (rt.history.record.stable, rt.history.record.candidate);
+            if before.0 != after.0 {
+                rt.judge.reset_all();
+            } else if before.1 != after.1 {
+                rt.judge.reset_candidate();
+            }
+            for e in &t.events {
+                tracing::info!(route, event = %e.kind, from = ?e.from_version, to = ?e.to_version, phase = ?e.phase, share = ?e.share, trigger = ?e.trigger, reason = ?e.reason, "release change");
+            }
+        }
+        if let Err(e) = self.publish() {
+            // Cannot happen for validated changes; the previous snapshot keeps serving.
+            tracing::error!(route, error = %e, "snapshot not published");
+        }
+        Ok(())
+    }
+
+    fn alert(&mut self, a: Alert) -> Value {
+        let outcome = match self.routes.get(&a.route).map(|rt| &rt.history) {
+            None => "unknown_route",
+            Some(h) => match h.record.candidate.and_then(|c| h.release(c)) {
+                None => "no_candidate",
+                // A repeat of an alert that started before this candidate existed is about an
+                // earlier one: it does not roll back the new candidate.
+                Some(c) if c.created_at_ms > a.starts_at_ms => "stale",
+                Some(_) => {
+                    let change = Change::Rollback {
+                        to: None,
+                        trigger: Trigger::Alert,
+                        reason: a.reason.clone(),
+                    };
+                    match self.change(&a.route, change) {
+                        Ok(()) => "rolled_back",
+                        Err(e) => {
+                            tracing::error!(route = %a.route, error = %e, "alert rollback failed");
+                            "failed"
+                        }
+                    }
+                }
+            },
+        };
+        json!({ "route": a.route, "outcome": outcome })
+    }
+
     fn sample(&mut self, s: Sample) {
-        let snapshot = self.state.load();
-        let Some(route) = snapshot.route(&s.route) else {
+        let Some(rt) = self.routes.get_mut(&s.route) else {
             return;
         };
-        let policy = &route.policy;
-        let rt = self.routes.entry(s.route.clone()).or_default();
+        let Some(settings) = self.settings.get(&s.route) else {
+            return;
+        };
+        let policy = &settings.policy;
         let window = policy.rollback.window;
         if let Some(noise) = s.noise {
             rt.judge.record_noise(noise, window);
         }
         // A sample for a candidate that is no longer live (rolled back meanwhile) is not judged.
-        let live = route
-            .candidate
-            .as_ref()
-            .is_some_and(|c| c.version == s.candidate_version);
+        let live = rt.history.record.candidate == Some(s.candidate_version);
         if live {
-            if rt.judged_version != Some(s.candidate_version) {
-                rt.judge.reset_candidate();
-                rt.judged_version = Some(s.candidate_version);
-            }
             rt.judge.record(s.score.combined, s.candidate_error, window);
         }
         let review = ReviewSample {
@@ -239,8 +511,13 @@ impl Controller {
                 .map_or(0, |d| d.as_secs()),
             candidate_version: s.candidate_version,
             score: s.score.combined,
-            scores: s.score.by_scorer().into_iter().collect(),
-            hard_failure: s.score.hard_failure.map(|h| h.as_str()),
+            scores: s
+                .score
+                .by_scorer()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            hard_failure: s.score.hard_failure.map(|h| h.as_str().to_string()),
             request: s
                 .request
                 .as_ref()
@@ -253,23 +530,161 @@ impl Controller {
             policy.scoring.keep_worst,
             policy.scoring.keep_random,
         );
+        self.metrics.judged(&s.route, &rt.judge);
+        if !live {
+            return;
+        }
+        let Some(trigger) = rt.judge.decide(&policy.rollback) else {
+            return;
+        };
+        let reason = match trigger {
+            Trigger::Errors => format!(
+                "candidate error rate {:.3} above {} over {} samples",
+                rt.judge.error_rate(),
+                policy.rollback.max_error_rate,
+                rt.judge.samples()
+            ),
+            _ => format!(
+                "quality {:.3} below {} over {} samples (noise floor {:.3})",
+                rt.judge.quality().unwrap_or(0.0),
+                policy.rollback.threshold,
+                rt.judge.samples(),
+                rt.judge.noise_floor().unwrap_or(0.0)
+            ),
+        };
+        if !policy.rollback.auto {
+            // Alert-only: the quality gauge and Prometheus rules carry it from here.
+            tracing::warn!(route = %s.route, trigger = trigger.as_str(), %reason, "judge would roll back (auto = false)");
+            rt.judge.reset_candidate();
+            return;
+        }
+        let change = Change::Rollback {
+            to: None,
+            trigger,
+            reason,
+        };
+        if let Err(e) = self.change(&s.route, change) {
+            tracing::error!(route = %s.route, error = %e, "automatic rollback failed");
+        }
+    }
 
-        let j = &rt.judge;
-        let m = &self.metrics;
-        if let Some(q) = j.quality() {
-            m.quality.with_label_values(&[&s.route]).set(q);
-        }
-        if let Some(f) = j.noise_floor() {
-            m.noise_floor.with_label_values(&[&s.route]).set(f);
-        }
-        m.samples
-            .with_label_values(&[&s.route])
-            .set(j.samples() as i64);
-        if live && policy.rollback.auto {
-            if let Some(trigger) = j.decide(&policy.rollback) {
-                tracing::warn!(route = %s.route, trigger = trigger.as_str(), quality = ?j.quality(), error_rate = j.error_rate(), "judge: rollback due");
-                let _: Trigger = trigger;
+    fn flush_reviews(&mut self) {
+        for (name, rt) in &mut self.routes {
+            if !rt.reviews.dirty {
+                continue;
+            }
+            let docs = |list: &[ReviewSample]| -> Vec<String> {
+                list.iter()
+                    .filter_map(|s| serde_json::to_string(s).ok())
+                    .collect()
+            };
+            let worst = docs(&rt.reviews.worst);
+            let random = docs(&rt.reviews.reservoir);
+            let written = self
+                .store
+                .replace_samples(name, "worst", &worst)
+                .and_then(|()| self.store.replace_samples(name, "random", &random));
+            match written {
+                Ok(()) => rt.reviews.dirty = false,
+                Err(e) => tracing::warn!(route = %name, error = %e, "review samples not saved"),
             }
         }
     }
+
+    /// Builds every route from its history and settings and swaps the snapshot in.
+    fn publish(&mut self) -> Result<(), String> {
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (name, rt) in &self.routes {
+            let Some(settings) = self.settings.get(name) else {
+                continue;
+            };
+            let h = &rt.history;
+            let release = |version: u32| -> Result<Arc<Release>, String> {
+                let r = h.release(version).ok_or_else(|| {
+                    format!("route {name}: release #{version} missing from the store")
+                })?;
+                let upstream = self.upstreams.get(&r.upstream).ok_or_else(|| {
+                    format!("route {name}: release #{version} uses upstream {:?}, which is not configured", r.upstream)
+                })?;
+                Ok(Arc::new(Release::from_record(r, Arc::clone(upstream))))
+            };
+            let phase: Phase = h.record.phase.parse().map_err(|_| {
+                format!("route {name}: bad phase {:?} in the store", h.record.phase)
+            })?;
+            let route = Route {
+                name: name.clone(),
+                alias: settings.alias.clone(),
+                phase,
+                share: h.record.share,
+                sticky_key: settings.sticky_key.clone(),
+                stable: release(h.record.stable)?,
+                candidate: h.record.candidate.map(release).transpose()?,
+                policy: Arc::clone(&settings.policy),
+            };
+            self.metrics.route_state(&route);
+            routes.push(Arc::new(route));
+        }
+        let snapshot = Snapshot::new(
+            routes,
+            Arc::clone(&self.default_upstream),
+            self.upstreams.clone(),
+        );
+        self.state.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    fn route_json(&self, name: &str, detail: bool) -> Option<Value> {
+        let rt = self.routes.get(name)?;
+        let h = &rt.history;
+        let release_json = |r: &ReleaseRecord| {
+            let mut v = json!({
+                "version": r.version,
+                "label": r.label,
+                "upstream": r.upstream,
+                "model": r.model,
+                "system_prompt": r.system_prompt,
+                "params": r.params,
+                "created_at": rfc3339(r.created_at_ms),
+                "state": h.state_of(r),
+            });
+            if let Some((at, trigger, reason)) = &r.rolled_back {
+                v["rolled_back"] =
+                    json!({ "at": rfc3339(*at), "trigger": trigger, "reason": reason });
+            }
+            v
+        };
+        let j = &rt.judge;
+        let mut v = json!({
+            "name": name,
+            "model": self.settings.get(name).map(|s| s.alias.clone()),
+            "phase": h.record.phase,
+            "share": h.record.share,
+            "serving": h.serving(),
+            "stable": h.release(h.record.stable).map(release_json),
+            "candidate": h.record.candidate.and_then(|c| h.release(c)).map(release_json),
+            "quality": j.quality(),
+            "noise_floor": j.noise_floor(),
+            "samples": j.samples(),
+            "error_rate": j.error_rate(),
+        });
+        if detail {
+            v["releases"] = h.releases.iter().map(release_json).collect();
+            let events = self.store.events(name, EVENTS_SHOWN).unwrap_or_default();
+            v["events"] = events.iter().map(event_json).collect();
+        }
+        Some(v)
+    }
+}
+
+fn event_json(e: &EventRecord) -> Value {
+    json!({
+        "at": rfc3339(e.at_ms),
+        "kind": e.kind,
+        "from": e.from_version,
+        "to": e.to_version,
+        "phase": e.phase,
+        "share": e.share,
+        "trigger": e.trigger,
+        "reason": e.reason,
+    })
 }

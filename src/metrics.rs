@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+use crate::config::Phase;
+use crate::judge::{Judge, Trigger};
+use crate::state::Route;
+
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -34,6 +38,7 @@ pub struct Metrics {
     pub rollbacks: IntCounterVec,
     pub route_phase: IntGaugeVec,
     pub serving_release: IntGaugeVec,
+    pub threshold: GaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -65,6 +70,7 @@ impl Metrics {
             rollbacks: register(r, IntCounterVec::new(Opts::new("understudy_rollbacks_total", "Rollbacks by trigger (quality, errors, alert, manual)."), &["route", "trigger"])?)?,
             route_phase: register(r, IntGaugeVec::new(Opts::new("understudy_route_phase", "1 for the route's current phase, 0 for the others."), &["route", "phase"])?)?,
             serving_release: register(r, IntGaugeVec::new(Opts::new("understudy_serving_release", "Release number that serves the route's traffic (the candidate once promoted)."), &["route"])?)?,
+            threshold: register(r, GaugeVec::new(Opts::new("understudy_rollback_threshold", "The route's configured quality threshold (rollback.threshold), for alert rules and dashboards."), &["route"])?)?,
             registry,
         })
     }
@@ -177,6 +183,59 @@ impl Metrics {
             if usd > 0.0 {
                 self.cost.with_label_values(&[route, release]).inc_by(usd);
             }
+        }
+    }
+}
+
+impl Metrics {
+    /// A route was rolled back: one warning line and the rollback counter.
+    pub fn rolled_back(
+        &self,
+        route: &str,
+        trigger: Trigger,
+        reason: &str,
+        from: Option<u32>,
+        to: Option<u32>,
+    ) {
+        self.rollbacks
+            .with_label_values(&[route, trigger.as_str()])
+            .inc();
+        // The candidate is gone: its quality is no longer a live figure.
+        let _ = self.quality.remove_label_values(&[route]);
+        let _ = self.samples.remove_label_values(&[route]);
+        tracing::warn!(route, trigger = trigger.as_str(), reason, from = ?from, to = ?to, "rolled back");
+    }
+
+    /// The judge took a sample: its figures as gauges.
+    pub fn judged(&self, route: &str, judge: &Judge) {
+        if let Some(q) = judge.quality() {
+            self.quality.with_label_values(&[route]).set(q);
+        }
+        if let Some(f) = judge.noise_floor() {
+            self.noise_floor.with_label_values(&[route]).set(f);
+        }
+        self.samples
+            .with_label_values(&[route])
+            .set(judge.samples() as i64);
+    }
+
+    /// A route's phase, serving release and threshold, after every published change.
+    pub fn route_state(&self, route: &Route) {
+        for phase in Phase::ALL {
+            let on = i64::from(phase == route.phase);
+            self.route_phase
+                .with_label_values(&[&route.name, phase.as_str()])
+                .set(on);
+        }
+        self.serving_release
+            .with_label_values(&[&route.name])
+            .set(i64::from(route.serving().version));
+        self.threshold
+            .with_label_values(&[&route.name])
+            .set(route.policy.rollback.threshold);
+        if route.candidate.is_none() {
+            let _ = self.quality.remove_label_values(&[&route.name]);
+            let _ = self.samples.remove_label_values(&[&route.name]);
         }
     }
 }

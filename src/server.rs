@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -23,8 +22,9 @@ use crate::config::Config;
 use crate::control::Controller;
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
-use crate::shadow::{RoutePolicy, Shadow};
-use crate::state::{Release, Route, Snapshot, Upstream};
+use crate::shadow::Shadow;
+use crate::state::Upstream;
+use crate::store::SqliteStore;
 use crate::upstream::UpstreamClient;
 
 /// Bound on output text kept per observation.
@@ -56,47 +56,19 @@ impl Listeners {
     }
 }
 
-/// Builds the first snapshot from the configuration: each route's stable is release 1 and its
-/// candidate release 2.
-pub fn initial_snapshot(
+/// The configured upstreams, their credentials read through `secret`.
+pub fn upstreams(
     config: &Config,
     secret: &dyn Fn(&str) -> Option<String>,
-) -> Result<Snapshot, ServerError> {
-    let mut upstreams = HashMap::new();
-    for (name, cfg) in &config.upstreams {
-        let u = Upstream::from_config(cfg, secret).map_err(ServerError::Setup)?;
-        upstreams.insert(name.clone(), Arc::new(u));
-    }
-    let upstream = |name: &str| {
-        upstreams
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ServerError::Setup(format!("unknown upstream {name:?}")))
-    };
-    let mut routes = Vec::new();
-    for r in config.routes.values() {
-        let stable = Arc::new(Release::new(1, &r.stable, upstream(&r.stable.upstream)?));
-        let candidate = match &r.candidate {
-            Some(c) => Some(Arc::new(Release::new(2, c, upstream(&c.upstream)?))),
-            None => None,
-        };
-        routes.push(Arc::new(Route {
-            name: r.name.clone(),
-            alias: r.model.clone(),
-            phase: r.phase,
-            share: r.share,
-            sticky_key: r.sticky_key.clone(),
-            stable,
-            candidate,
-            policy: Arc::new(RoutePolicy::new(
-                r.shadow.clone(),
-                r.scoring.clone(),
-                r.rollback.clone(),
-            )),
-        }));
-    }
-    let default_upstream = upstream(&config.default_upstream)?;
-    Ok(Snapshot::new(routes, default_upstream, upstreams))
+) -> Result<HashMap<String, Arc<Upstream>>, ServerError> {
+    config
+        .upstreams
+        .iter()
+        .map(|(name, cfg)| {
+            let u = Upstream::from_config(cfg, secret).map_err(ServerError::Setup)?;
+            Ok((name.clone(), Arc::new(u)))
+        })
+        .collect()
 }
 
 /// Runs the server until `shutdown` resolves, then shuts down in order.
@@ -113,17 +85,36 @@ pub async fn run(
             config.admin.token_env
         )));
     }
-    let snapshot = initial_snapshot(&config, &secret)?;
-    let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    let upstreams = upstreams(&config, &secret)?;
+    let default_upstream = upstreams
+        .get(&config.default_upstream)
+        .cloned()
+        .ok_or_else(|| {
+            ServerError::Setup(format!(
+                "unknown default upstream {:?}",
+                config.default_upstream
+            ))
+        })?;
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServerError::Setup(format!("metrics: {e}")))?);
+    let store =
+        SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?;
+    let controller = Controller::start(
+        &config,
+        Box::new(store),
+        upstreams,
+        default_upstream,
+        Arc::clone(&metrics),
+    )
+    .map_err(|e| ServerError::Setup(e.to_string()))?;
+    let state = controller.state();
     let client = UpstreamClient::new(config.server.connect_timeout);
     let mirrors = TaskTracker::new();
     let stop = CancellationToken::new();
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let controller = Controller::new(Arc::clone(&state), Arc::clone(&metrics));
     let controller_stop = CancellationToken::new();
+    // The controller does blocking store I/O: it gets a thread of its own.
     let controller_task = tokio::task::spawn_blocking({
         let stop = controller_stop.clone();
         let handle = tokio::runtime::Handle::current();

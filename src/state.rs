@@ -124,6 +124,24 @@ impl Release {
     }
 }
 
+impl Release {
+    /// The release as stored.
+    pub fn from_record(r: &crate::store::ReleaseRecord, upstream: Arc<Upstream>) -> Self {
+        let spec = ReleaseSpec {
+            label: r.label.clone(),
+            upstream: r.upstream.clone(),
+            model: r.model.clone(),
+            system_prompt: r.system_prompt.clone(),
+            params: r.params.clone(),
+            prices: r.prices.map(|(p, c)| Prices {
+                prompt_per_mtok: p,
+                completion_per_mtok: c,
+            }),
+        };
+        Release::new(r.version, &spec, upstream)
+    }
+}
+
 /// A route as the request path sees it right now.
 #[derive(Debug)]
 pub struct Route {

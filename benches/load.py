@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Load benchmark of the whole proxy: streaming through Understudy vs straight to the upstream.
+
+One command, from anywhere in the checkout:
+
+    python3 benches/load.py
+
+It builds the release binary (`cargo build --release`, honouring CARGO_TARGET_DIR), starts the
+simulated upstream (`understudy mock-upstream`) and `understudy serve` on 127.0.0.1 port 0 with
+a temporary configuration, and drives both with a small asyncio HTTP/1.1 client over keep-alive
+connections (Python standard library only). Every figure compares the proxy with a direct
+connection measured in the same run, interleaved round by round, and is printed with its ratio.
+It only ever talks to 127.0.0.1 and sends a bounded number of requests (about 30,000 by
+default, in 1-2 minutes).
+
+Phases (all requests are `POST /v1/chat/completions` with `"stream": true`; the mock answers
+with a ~30-event SSE stream, its size is printed):
+
+  streaming   closed loop at a fixed concurrency (--conc): requests/s, time to first byte
+              (first byte of the response head) and total time (last byte of the body),
+              p50/p99, direct vs proxy.
+  paced       open loop at a fixed, moderate rate (--rate): the proxy's added time to first
+              byte, p50 and p99 (proxy minus direct). This is the gate: the script exits 1 when
+              the added p99 is over --target-ms (default 0.5 ms) or any request failed.
+  shadow      the streaming phase through a route in shadow at share 0.1 (every mirror
+              admitted: max_rps and max_inflight are raised) vs the same proxy's route
+              without a candidate: mirroring must not change the client's figures.
+  memory      the proxy's resident memory (VmRSS, and the peak VmHWM, from /proc/PID/status)
+              idle, and with --hold (1,000) streaming requests in flight at once. The mock
+              upstream has no per-request delay between events, so the requests are held open
+              with `x-sim-latency-ms` (--hold-ms): the upstream waits that long before its
+              response head, and RSS is sampled while the proxy holds every client connection,
+              its parsed and rewritten request and its upstream connection, waiting for the head.
+
+Why the gate is measured paced and not at the fixed concurrency: on a 2-core machine the client,
+the mock upstream and the proxy share the cores, so a closed loop at full speed measures queueing
+behind the other requests (tail latency grows with the offered load, whoever adds the work), not
+the proxy's overhead. At a moderate rate nothing queues and the difference is the extra hop
+itself, for which 0.5 ms at p99 is a fair target (the same bound peers.py uses with oha at 2,000
+non-streaming requests/s).
+"""
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUESTION = "Where is my order 1234? It has not arrived yet and the tracking page shows nothing."
+
+
+def build(binary):
+    """The path of the release binary: `binary` if given, else built with cargo."""
+    if binary:
+        return binary
+    print("building the release binary (cargo build --release) ...", file=sys.stderr, flush=True)
+    r = subprocess.run(["cargo", "build", "--release", "--bin", "understudy", "--message-format=json"],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-4000:])
+        raise SystemExit("cargo build --release failed")
+    for line in r.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg["target"]["name"] == "understudy":
+            return msg["executable"]
+    raise SystemExit("cargo did not report the understudy executable")
+
+
+class Procs:
+    """Child processes, stopped on exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kw):
+        p = subprocess.Popen(args, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def wait_for(pattern, path, proc, secs=30):
+    """The first match of `pattern` in the log file `path`, waiting for it."""
+    end = time.time() + secs
+    while time.time() < end:
+        with open(path, errors="replace") as f:
+            m = re.search(pattern, f.read())
+        if m:
+            return m
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    with open(path, errors="replace") as f:
+        raise SystemExit(f"{proc.args[1]} did not start:\n{f.read()[-2000:]}")
+
+
+def start_servers(exe, tmp, procs):
+    """Starts the mock upstream and Understudy; returns (mock, proxy, admin) addresses, pid, token."""
+    mock_log = os.path.join(tmp, "mock.log")
+    mock = procs.start([exe, "mock-upstream", "--listen", "127.0.0.1:0"], stdout=open(mock_log, "w"),
+                       stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn"))
+    mock_addr = wait_for(r"listening on (\S+)", mock_log, mock).group(1)
+    config = os.path.join(tmp, "understudy.toml")
+    with open(config, "w") as f:
+        f.write(f"""
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+token_env = "UNDERSTUDY_ADMIN_TOKEN"
+[store]
+path = "{tmp}/understudy.db"
+[upstreams.mock]
+base_url = "http://{mock_addr}"
+default = true
+
+# No candidate: each request is parsed, rewritten (model, system prompt, one parameter), relayed,
+# observed and has its model put back. The same work as the shadow route minus the mirror.
+[routes.bench]
+model = "bench"
+[routes.bench.stable]
+upstream = "mock"
+model = "mock-stable"
+system_prompt = "You are a concise support assistant."
+params = {{ temperature = 0.2 }}
+
+[routes.mirrored]
+model = "bench-mirrored"
+phase = "shadow"
+share = 0.1
+[routes.mirrored.stable]
+upstream = "mock"
+model = "mock-stable"
+system_prompt = "You are a concise support assistant."
+params = {{ temperature = 0.2 }}
+[routes.mirrored.candidate]
+upstream = "mock"
+model = "mock-candidate"
+system_prompt = "You are a concise and friendly support assistant."
+[routes.mirrored.shadow]
+max_inflight = 1024
+max_rps = 100000
+""")
+    token = secrets.token_hex(16)
+    log = os.path.join(tmp, "understudy.log")
+    # Only the start-up line: per-request log lines (info) would add stderr writes to the hot path.
+    env = dict(os.environ, UNDERSTUDY_ADMIN_TOKEN=token, RUST_LOG="warn,understudy::server=info")
+    proxy = procs.start([exe, "serve", "--config", config], stdout=subprocess.DEVNULL,
+                        stderr=open(log, "w"), env=env)
+    m = wait_for(r"proxy=(\S+) admin=(\S+)", log, proxy)
+    return mock_addr, m.group(1), m.group(2), proxy.pid, token
+
+
+def request_bytes(model, latency_ms=None):
+    body = json.dumps({"model": model, "stream": True, "stream_options": {"include_usage": True},
+                       "messages": [{"role": "user", "content": QUESTION}]}).encode()
+    extra = f"x-sim-latency-ms: {latency_ms}\r\n" if latency_ms else ""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"authorization: Bearer sk-bench\r\n{extra}content-length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection that times each request."""
+
+    def __init__(self, addr):
+        self.host, port = addr.rsplit(":", 1)
+        self.port = int(port)
+        self.reader = self.writer = None
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self):
+        if self.writer:
+            self.writer.close()
+
+    async def _more(self, buf):
+        chunk = await self.reader.read(65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        buf += chunk
+
+    async def request(self, payload):
+        """Sends `payload`; returns (status, seconds to first byte, seconds to end, body bytes)."""
+        if self.writer is None:
+            await self.open()
+        t0 = time.perf_counter()
+        self.writer.write(payload)
+        buf = bytearray()
+        await self._more(buf)
+        ttfb = time.perf_counter() - t0
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            await self._more(buf)
+        head = bytes(buf[:end]).decode("latin-1").lower()
+        status = int(head.split(" ", 2)[1])
+        pos = end + 4
+        body = 0
+        if "transfer-encoding: chunked" in head:
+            while True:
+                while (eol := buf.find(b"\r\n", pos)) < 0:
+                    await self._more(buf)
+                size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+                nxt = eol + 2 + size + 2
+                while len(buf) < nxt:
+                    await self._more(buf)
+                body += size
+                pos = nxt
+                if size == 0:
+                    break
+        else:
+            m = re.search(r"content-length: (\d+)", head)
+            length = int(m.group(1)) if m else 0
+            while len(buf) < pos + length:
+                await self._more(buf)
+            body = length
+        total = time.perf_counter() - t0
+        if "connection: close" in head:
+            self.close()
+            self.writer = None
+        return status, ttfb, total, body
+
+
+class Result:
+    def __init__(self):
+        self.ttfb, self.total, self.errors, self.body, self.secs = [], [], 0, 0, 0.0
+
+    def add(self, other):
+        self.ttfb += other.ttfb
+        self.total += other.total
+        self.errors += other.errors
+        self.body = other.body or self.body
+        self.secs += other.secs
+
+    @property
+    def rps(self):
+        return len(self.total) / self.secs if self.secs else 0.0
+
+
+def pct(xs, p):
+    """Nearest-rank percentile, in milliseconds."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))] * 1e3
+
+
+async def worker(conn, payload, jobs, res, pace=None):
+    """Takes request numbers from `jobs` (a shared iterator); `pace(n)` is the send time of n."""
+    for n in jobs:
+        if pace:
+            delay = pace(n) - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        try:
+            status, ttfb, total, body = await conn.request(payload)
+        except (OSError, ConnectionError, ValueError, IndexError):
+            res.errors += 1
+            conn.close()
+            conn.writer = None
+            continue
+        if status != 200:
+            res.errors += 1
+            continue
+        res.ttfb.append(ttfb)
+        res.total.append(total)
+        res.body = body
+
+
+async def run(addr, payload, requests, conc, rate=None):
+    """`requests` requests over `conc` keep-alive connections, closed loop or paced at `rate`/s."""
+    conns = [Conn(addr) for _ in range(conc)]
+    await asyncio.gather(*(c.open() for c in conns))
+    res = Result()
+    jobs = iter(range(requests))
+    start = time.perf_counter() + 0.01
+    pace = (lambda n: start + n / rate) if rate else None
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c, payload, jobs, res, pace) for c in conns))
+    res.secs = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return res
+
+
+async def compare(targets, requests, conc, rounds, rate=None):
+    """Runs each (name, addr, payload) in turn, `rounds` times interleaved; results by name."""
+    out = {name: Result() for name, _, _ in targets}
+    for _ in range(rounds):
+        for name, addr, payload in targets:
+            out[name].add(await run(addr, payload, requests, conc, rate))
+    return out
+
+
+def rss(pid):
+    """(VmRSS, VmHWM) of `pid` in MiB."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+async def hold(addr, pid, n, hold_ms):
+    """`n` streaming requests in flight at once, held by the upstream's delay; RSS while held."""
+    payload = request_bytes("bench", hold_ms)
+    conns = [Conn(addr) for _ in range(n)]
+    opening = asyncio.Semaphore(200)
+
+    async def one(c):
+        async with opening:
+            await c.open()
+        try:
+            return await c.request(payload)
+        except (OSError, ConnectionError, ValueError, IndexError):
+            return None
+        finally:
+            c.close()
+
+    t0 = time.perf_counter()
+    tasks = [asyncio.ensure_future(one(c)) for c in conns]
+    # Sample while every request waits: from when all are sent until just before the head is due.
+    await asyncio.sleep(min(1.0, hold_ms / 3000))
+    peak = 0.0
+    while time.perf_counter() - t0 < hold_ms / 1000 * 0.8:
+        peak = max(peak, rss(pid)[0])
+        await asyncio.sleep(0.05)
+    results = await asyncio.gather(*tasks)
+    ok = sum(1 for r in results if r and r[0] == 200)
+    return peak, ok, time.perf_counter() - t0
+
+
+def metric_sum(admin, token, name, label_filter):
+    req = urllib.request.Request(f"http://{admin}/metrics", headers={"authorization": f"Bearer {token}"})
+    text = urllib.request.urlopen(req, timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label_filter in line:
+            outcome = re.search(r'outcome="([^"]+)"', line)
+            key = outcome.group(1) if outcome else ""
+            out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def row(label, target, r, base=None):
+    cells = [f"{label:<24}", f"{target:<15}", f"{len(r.total):>6}", f"{r.errors:>4}", f"{r.rps:>7.0f}",
+             f"{pct(r.ttfb, 50):>8.3f}", f"{pct(r.ttfb, 99):>8.3f}", f"{pct(r.total, 50):>8.3f}",
+             f"{pct(r.total, 99):>8.3f}"]
+    print(" ".join(cells))
+
+
+def ratio_row(label, a, b):
+    def q(x, y):
+        return f"{x / y:>8.2f}" if y else f"{'-':>8}"
+    print(" ".join([f"{label:<24}", f"{'ratio x/direct':<15}", f"{'':>6}", f"{'':>4}", f"{a.rps / b.rps:>7.2f}",
+                    q(pct(a.ttfb, 50), pct(b.ttfb, 50)), q(pct(a.ttfb, 99), pct(b.ttfb, 99)),
+                    q(pct(a.total, 50), pct(b.total, 50)), q(pct(a.total, 99), pct(b.total, 99))]))
+
+
+def added_row(label, a, b):
+    print(" ".join([f"{label:<24}", f"{'added ms':<15}", f"{'':>6}", f"{'':>4}", f"{'':>7}"]
+                   + [f"{pct(a.ttfb, p) - pct(b.ttfb, p):>+8.3f}" for p in (50, 99)]
+                   + [f"{pct(a.total, p) - pct(b.total, p):>+8.3f}" for p in (50, 99)]))
+
+
+async def main_async(a, mock, proxy, admin, pid, token):
+    direct = ("direct", mock, request_bytes("mock-stable"))
+    routed = ("understudy", proxy, request_bytes("bench"))
+    mirrored = ("understudy+10%", proxy, request_bytes("bench-mirrored"))
+
+    idle_start = rss(pid)[0]
+    await compare([direct, routed, mirrored], 300, a.conc, 1)  # warm-up: pools, allocator, caches
+    probe = await run(mock, direct[2], 1, 1)
+
+    stream = await compare([direct, routed], a.requests, a.conc, a.rounds)
+    paced = await compare([direct, routed], a.paced_requests, a.conc, a.rounds, rate=a.rate)
+    shadow = None
+    if not a.no_shadow:
+        shadow = await compare([routed, mirrored], a.requests, a.conc, a.rounds)
+        await asyncio.sleep(1.0)  # let the last mirrors finish and be scored
+    idle_after = rss(pid)[0]
+    held, held_ok, held_secs = await hold(proxy, pid, a.hold, a.hold_ms)
+    await asyncio.sleep(0.5)
+    idle_end, hwm = rss(pid)
+
+    print(f"\nunderstudy load bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+          f"{os.uname().release}; response: SSE stream of {probe.body:,} body bytes; times in ms\n")
+    print(" ".join([f"{'phase':<24}", f"{'target':<15}", f"{'reqs':>6}", f"{'errs':>4}", f"{'rps':>7}",
+                    f"{'ttfb p50':>8}", f"{'ttfb p99':>8}", f"{'tot p50':>8}", f"{'tot p99':>8}"]))
+    label = f"streaming, {a.conc} conns"
+    row(label, "direct", stream["direct"])
+    row(label, "understudy", stream["understudy"])
+    ratio_row(label, stream["understudy"], stream["direct"])
+    label = f"paced, {a.rate} req/s"
+    row(label, "direct", paced["direct"])
+    row(label, "understudy", paced["understudy"])
+    added_row(label, paced["understudy"], paced["direct"])
+    if shadow:
+        label = f"shadow 0.1, {a.conc} conns"
+        row(label, "understudy", shadow["understudy"])
+        row(label, "understudy+10%", shadow["understudy+10%"])
+        ratio_row(label, shadow["understudy+10%"], shadow["understudy"])
+        outcomes = metric_sum(admin, token, "understudy_shadow_requests_total", 'route="mirrored"')
+        sent = len(shadow["understudy+10%"].total) + shadow["understudy+10%"].errors
+        print(f"{'':<24} mirrors: {', '.join(f'{k} {v:.0f}' for k, v in sorted(outcomes.items())) or 'none'}"
+              f" (of {sent} requests on the shadow route, incl. warm-up 300)")
+        ratio_label = "(the ratio row is understudy+10% / understudy)"
+        print(f"{'':<24} {ratio_label}")
+    print(f"\nmemory (understudy VmRSS, MiB): idle at start {idle_start:.1f}; idle after load {idle_after:.1f}; "
+          f"{a.hold} streaming requests in flight {held:.1f} (+{(held - idle_after) * 1024 / a.hold:.1f} KiB "
+          f"each; {held_ok}/{a.hold} answered 200 after {held_secs:.1f} s); after {idle_end:.1f}; peak VmHWM {hwm:.1f}")
+    print(f"  (held = waiting for the upstream's response head, delayed {a.hold_ms} ms by x-sim-latency-ms)")
+
+    p = paced
+    added_p99 = pct(p["understudy"].ttfb, 99) - pct(p["direct"].ttfb, 99)
+    errors = sum(r.errors for rs in (stream, paced, shadow or {}) for r in rs.values()) + (a.hold - held_ok)
+    ok = added_p99 <= a.target_ms and errors == 0
+    print(f"\ngate: added p99 time to first byte {added_p99:.3f} ms at {a.rate} req/s (target <= {a.target_ms} ms), "
+          f"{errors} failed requests -> {'meets' if ok else 'MISSES'} target")
+    return 0 if ok else 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--conc", type=int, default=16, help="connections for the closed-loop phases (default 16)")
+    ap.add_argument("--requests", type=int, default=3000,
+                    help="requests per target per round, closed-loop phases (default 3000)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each phase (default 2)")
+    ap.add_argument("--rate", type=int, default=300, help="requests/s of the paced phase (default 300)")
+    ap.add_argument("--paced-requests", type=int, default=1500,
+                    help="requests per target per round, paced phase (default 1500)")
+    ap.add_argument("--hold", type=int, default=1000, help="requests held in flight for the memory figure (default 1000)")
+    ap.add_argument("--hold-ms", type=int, default=3000, help="upstream delay holding them, ms (default 3000)")
+    ap.add_argument("--target-ms", type=float, default=0.5, help="gate on the added p99 time to first byte (default 0.5)")
+    ap.add_argument("--no-shadow", action="store_true", help="skip the shadow phase")
+    ap.add_argument("--binary", help="use this understudy binary instead of building one")
+    a = ap.parse_args()
+
+    need = a.hold * 3 + a.conc * 4 + 256  # client, proxy (both legs) and mock sockets; inherited
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    exe = build(a.binary)
+    tmp = tempfile.mkdtemp(prefix="understudy-load-")
+    procs = Procs()
+    try:
+        mock, proxy, admin, pid, token = start_servers(exe, tmp, procs)
+        return asyncio.run(main_async(a, mock, proxy, admin, pid, token))
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
