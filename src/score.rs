@@ -37,21 +37,27 @@ impl Default for Weights {
 }
 
 impl Weights {
-    /// Weighted mean of the four weighted scorers. Negative or non-finite weights count as 0;
-    /// if nothing is left the default weights are used, so the result is never NaN.
-    fn mean(&self, lexical: f64, structure: f64, length: f64, refusal: f64) -> f64 {
+    /// Weighted mean of the four weighted scorers, over those that apply to the pair (None: not
+    /// applicable). A scorer with nothing to judge (structure of two plain texts, refusal when
+    /// neither side refuses) would only add a constant 1 and hide how different the texts are.
+    /// Negative or non-finite weights count as 0; if nothing is left the default weights are
+    /// used, so the result is never NaN.
+    fn mean(&self, lexical: f64, structure: Option<f64>, length: f64, refusal: Option<f64>) -> f64 {
         let usable = |w: f64| if w.is_finite() && w > 0.0 { w } else { 0.0 };
         let parts = [
-            (usable(self.lexical), lexical),
+            (usable(self.lexical), Some(lexical)),
             (usable(self.structure), structure),
-            (usable(self.length), length),
+            (usable(self.length), Some(length)),
             (usable(self.refusal), refusal),
         ];
-        let total: f64 = parts.iter().map(|(w, _)| w).sum();
+        let applicable = parts.iter().filter_map(|(w, v)| Some((*w, (*v)?)));
+        let total: f64 = applicable.clone().map(|(w, _)| w).sum();
         if total > 0.0 && total.is_finite() {
-            parts.iter().map(|(w, v)| w * v).sum::<f64>() / total
-        } else {
+            applicable.map(|(w, v)| w * v).sum::<f64>() / total
+        } else if *self != Self::default() {
             Self::default().mean(lexical, structure, length, refusal)
+        } else {
+            lexical
         }
     }
 }
@@ -175,7 +181,13 @@ pub fn score(reference: &Observation, subject: &Observation, weights: &Weights) 
     };
     let combined = match hard_failure {
         Some(_) => 0.0,
-        None => (weights.mean(lexical, structure, length, refusal) * finish).clamp(0.0, 1.0),
+        None => {
+            let has_structure = |s: &Shape<'_>| s.json.is_some() || !s.tools.is_empty();
+            let structure = (has_structure(&reference_shape) || has_structure(&subject_shape))
+                .then_some(structure);
+            let refusal = (refuses(reference) || refuses(subject)).then_some(refusal);
+            (weights.mean(lexical, structure, length, refusal) * finish).clamp(0.0, 1.0)
+        }
     };
     Some(Score {
         lexical,
@@ -1096,12 +1108,13 @@ mod tests {
             0.8..=0.99,
             None,
         );
-        // Prose gets structure = refusal = 1, so the default weights keep unrelated prose above 0.5.
+        // Structure and refusal do not apply to plain prose: unrelated prose is judged on its
+        // words and length alone, and reads clearly low.
         check(
             "unrelated prose",
             obs(PASSWORD),
             obs(BILLING),
-            0.5..=0.7,
+            0.1..=0.4,
             None,
         );
         check(
