@@ -84,7 +84,6 @@ type Reply<T> = oneshot::Sender<T>;
 
 /// What the controller is asked to do.
 pub enum Command {
-    Sample(Box<Sample>),
     Change {
         route: String,
         change: Change,
@@ -335,17 +334,25 @@ impl Controller {
         Arc::clone(&self.state)
     }
 
-    /// Applies commands until `shutdown` fires or every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    /// Applies commands and samples until `shutdown` fires or the command senders are gone.
+    /// Commands come first: an admin rollback never waits behind a backlog of samples.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut samples: mpsc::Receiver<Sample>,
+        shutdown: CancellationToken,
+    ) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         loop {
             tokio::select! {
-                cmd = rx.recv() => match cmd {
+                biased;
+                () = shutdown.cancelled() => break,
+                cmd = commands.recv() => match cmd {
                     Some(cmd) => self.apply(cmd),
                     None => break,
                 },
                 _ = flush.tick() => self.flush_reviews(),
-                () = shutdown.cancelled() => break,
+                Some(s) = samples.recv() => self.sample(s),
             }
         }
         self.flush_reviews();
@@ -353,7 +360,6 @@ impl Controller {
 
     fn apply(&mut self, cmd: Command) {
         match cmd {
-            Command::Sample(s) => self.sample(*s),
             Command::Change {
                 route,
                 change,

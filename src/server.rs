@@ -29,8 +29,10 @@ use crate::upstream::UpstreamClient;
 
 /// Bound on output text kept per observation.
 const OBSERVE_MAX_BYTES: usize = 256 * 1024;
-/// Scored samples waiting for the controller.
-const CONTROL_QUEUE: usize = 4096;
+/// Admin commands waiting for the controller.
+const CONTROL_QUEUE: usize = 64;
+/// Scored samples waiting for the controller; past it, samples are dropped (and logged).
+const SAMPLE_QUEUE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -113,30 +115,15 @@ pub async fn run(
     let stop = CancellationToken::new();
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_QUEUE);
     let controller_stop = CancellationToken::new();
     // The controller does blocking store I/O: it gets a thread of its own.
     let controller_task = tokio::task::spawn_blocking({
         let stop = controller_stop.clone();
         let handle = tokio::runtime::Handle::current();
-        move || handle.block_on(controller.run(control_rx, stop))
+        move || handle.block_on(controller.run(control_rx, samples_rx, stop))
     });
 
-    let (samples_tx, mut samples_rx) = mpsc::channel(CONTROL_QUEUE);
-    // Samples reach the controller through the same command queue.
-    let forward_samples = {
-        let tx = control_tx.clone();
-        async move {
-            while let Some(s) = samples_rx.recv().await {
-                if tx
-                    .send(crate::control::Command::Sample(Box::new(s)))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    };
     let shadow = Arc::new(Shadow::new(
         client.clone(),
         Arc::clone(&metrics),
@@ -188,11 +175,9 @@ pub async fn run(
             ),
         )
     });
-    tokio::pin!(forward_samples);
     tokio::select! {
         () = shutdown => {}
         _ = &mut serving => {}
-        () = &mut forward_samples => {}
     }
     stop.cancel();
     serving.await;
@@ -207,7 +192,7 @@ pub async fn run(
     connections.close();
     mirrors.close();
     let _ = tokio::time::timeout(grace, async {
-        tokio::join!(connections.wait(), mirrors.wait(), &mut forward_samples)
+        tokio::join!(connections.wait(), mirrors.wait())
     })
     .await;
     controller_stop.cancel();
