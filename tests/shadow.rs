@@ -388,6 +388,47 @@ async fn budgets_drop_mirrors_instead_of_queueing() {
     );
     assert!(budget >= 8.0, "dropped_budget {budget}\n{m}");
     server.shutdown().await;
+
+    // A token budget: each answer spends more than a minute's allowance, so after the first
+    // mirror's usage is charged, the next ones are dropped.
+    let (sim, server, _dir) = setup(
+        Style::Echo,
+        style(Style::Echo),
+        1.0,
+        "max_rps = 1000\nmax_tokens_per_min = 20",
+    )
+    .await;
+    post(
+        &url_of(&server),
+        &request_for("/v1/chat/completions", "support-bot", PROMPTS[0], false),
+        &[],
+    )
+    .await;
+    eventually(5, "the first mirror", || async {
+        sim.sim.calls_for(CANDIDATE) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..5 {
+        assert_eq!(
+            post(
+                &url_of(&server),
+                &request_for("/v1/chat/completions", "support-bot", PROMPTS[i], false),
+                &[]
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    let m = server.metrics().await;
+    let budget = metric_value(
+        &m,
+        r#"understudy_shadow_requests_total{outcome="dropped_budget",release="2",route="bot"}"#,
+    );
+    assert_eq!(budget, 5.0, "token budget: {m}");
+    assert_eq!(sim.sim.calls_for(CANDIDATE), 1);
+    server.shutdown().await;
 }
 
 fn url_of(server: &Server) -> String {
