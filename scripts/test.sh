@@ -13,7 +13,9 @@ if ! "$venv/bin/python" -c 'import openai, anthropic, pytest' 2>/dev/null; then
 fi
 export UNDERSTUDY_TEST_PYTHON="$PWD/$venv/bin/python"
 
-if ! command -v prometheus >/dev/null || ! command -v alertmanager >/dev/null; then
+# Debian names the Alertmanager binary prometheus-alertmanager.
+if ! command -v prometheus >/dev/null \
+  || ! { command -v alertmanager || command -v prometheus-alertmanager; } >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

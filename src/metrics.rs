@@ -233,6 +233,18 @@ impl Metrics {
         self.threshold
             .with_label_values(&[&route.name])
             .set(route.policy.rollback.threshold);
+        // Every rollback counter exists from the start, at 0, so that a route's first rollback is
+        // an increase Prometheus sees (a series born at 1 is no change to increase/changes).
+        for trigger in [
+            Trigger::Quality,
+            Trigger::Errors,
+            Trigger::Alert,
+            Trigger::Manual,
+        ] {
+            self.rollbacks
+                .with_label_values(&[&route.name, trigger.as_str()])
+                .inc_by(0);
+        }
         if route.candidate.is_none() {
             let _ = self.quality.remove_label_values(&[&route.name]);
             let _ = self.samples.remove_label_values(&[&route.name]);

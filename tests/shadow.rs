@@ -409,11 +409,11 @@ async fn budgets_drop_mirrors_instead_of_queueing() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    for i in 0..5 {
+    for prompt in &PROMPTS[..5] {
         assert_eq!(
             post(
                 &url_of(&server),
-                &request_for("/v1/chat/completions", "support-bot", PROMPTS[i], false),
+                &request_for("/v1/chat/completions", "support-bot", prompt, false),
                 &[]
             )
             .await
