@@ -159,23 +159,29 @@ impl Proxy {
 
         let body = rewrite_request(shape, &json, &release, false)
             .map_err(|e| err(ProxyError::InvalidJson(e.to_string())))?;
-        let headers = outbound_headers(parts.headers.clone(), &release.upstream, true);
+        // The mirror needs the client's own headers; the serving request takes them over.
+        let mirror_headers = plan.mirror.as_ref().map(|_| parts.headers.clone());
+        let headers = outbound_headers(parts.headers, &release.upstream, true);
         let upstream_req = build_request(&release.upstream, &parts.uri, headers, Bytes::from(body))
             .map_err(err)?;
 
-        let paired = plan.mirror.as_ref().and_then(|mirror| {
-            self.shadow.start(MirrorRequest {
-                route: Arc::clone(&route),
-                shape,
-                served: Arc::clone(&release),
-                served_role: plan.served_role,
-                mirror: Arc::clone(mirror),
-                uri: parts.uri.clone(),
-                headers: parts.headers.clone(),
-                body: bytes.clone(),
-                stream: json.stream(),
-            })
-        });
+        let paired = plan
+            .mirror
+            .as_ref()
+            .zip(mirror_headers)
+            .and_then(|(mirror, headers)| {
+                self.shadow.start(MirrorRequest {
+                    route: Arc::clone(&route),
+                    shape,
+                    served: Arc::clone(&release),
+                    served_role: plan.served_role,
+                    mirror: Arc::clone(mirror),
+                    uri: parts.uri.clone(),
+                    headers,
+                    body: bytes.clone(),
+                    stream: json.stream(),
+                })
+            });
         let client_model = json.model().map(|m| m.into_owned());
         let served = Served {
             release: Arc::clone(&release),
@@ -266,17 +272,12 @@ impl Proxy {
         let observer = shape.map(|s| Observer::new(s, sse, self.limits.observe_max_bytes));
         let completion = Completion {
             metrics: Arc::clone(&self.metrics),
-            route: Arc::from(ctx.route_label()),
-            release: Arc::from(
-                release
-                    .as_ref()
-                    .map_or(NO_RELEASE, |r| r.version_label.as_str()),
-            ),
+            route: ctx.route.clone(),
+            release: release.clone(),
             method: ctx.method.clone(),
             path: std::mem::take(&mut ctx.path),
             status,
             started: ctx.started,
-            prices: release.as_ref().and_then(|r| r.prices),
             paired,
         };
         let body = RelayBody::new(

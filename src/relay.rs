@@ -14,21 +14,23 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use crate::metrics::{Metrics, RequestRecord};
+use crate::metrics::{Metrics, RequestRecord, NO_RELEASE, UNROUTED};
 use crate::observe::{Failure, Observation, Observer};
 use crate::rewrite::ModelRewriter;
+use crate::state::{Release, Route};
 use crate::upstream::BoxError;
 
 /// Who the finished request is reported to.
 pub struct Completion {
     pub metrics: Arc<Metrics>,
-    pub route: Arc<str>,
-    pub release: Arc<str>,
+    /// None for requests that match no route.
+    pub route: Option<Arc<Route>>,
+    /// None for requests no release served.
+    pub release: Option<Arc<Release>>,
     pub method: http::Method,
     pub path: String,
     pub status: u16,
     pub started: Instant,
-    pub prices: Option<crate::config::Prices>,
     /// The mirrored request waits here for the client's observation to score against.
     /// Dropped unsent when the client disconnects early: no sample.
     pub paired: Option<oneshot::Sender<Observation>>,
@@ -98,8 +100,11 @@ impl RelayBody {
             _ => None,
         };
         done.metrics.request_finished(&RequestRecord {
-            route: &done.route,
-            release: &done.release,
+            route: done.route.as_ref().map_or(UNROUTED, |r| r.name.as_str()),
+            release: done
+                .release
+                .as_ref()
+                .map_or(NO_RELEASE, |r| r.version_label.as_str()),
             method: &done.method,
             path: &done.path,
             status: done.status,
@@ -108,7 +113,7 @@ impl RelayBody {
             error_kind,
             prompt_tokens: obs.usage.prompt_tokens,
             completion_tokens: obs.usage.completion_tokens,
-            prices: done.prices,
+            prices: done.release.as_ref().and_then(|r| r.prices),
             cancelled,
         });
         if let (Some(tx), false) = (done.paired, cancelled) {
