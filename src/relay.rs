@@ -43,6 +43,9 @@ pub struct RelayBody {
     observer: Option<Observer>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    /// When the last frame arrived. The timer is re-armed from it only when it fires, so a
+    /// busy stream does not touch the timer wheel on every frame.
+    last_frame: tokio::time::Instant,
     ttfb: Option<Duration>,
     /// Set until the request has been recorded; taken by the first ending.
     completion: Option<Completion>,
@@ -68,6 +71,7 @@ impl RelayBody {
             observer,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            last_frame: tokio::time::Instant::now(),
             ttfb: None,
             completion: Some(completion),
             ended: false,
@@ -139,6 +143,11 @@ impl HttpBody for RelayBody {
             let frame = match polled {
                 Poll::Pending => {
                     ready!(this.idle.as_mut().poll(cx));
+                    let deadline = this.last_frame + this.idle_timeout;
+                    if deadline > tokio::time::Instant::now() {
+                        this.idle.as_mut().reset(deadline);
+                        continue;
+                    }
                     this.ended = true;
                     this.complete(Some(Failure::Timeout), false);
                     return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.idle_timeout)))));
@@ -156,8 +165,7 @@ impl HttpBody for RelayBody {
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
-            let deadline = tokio::time::Instant::now() + this.idle_timeout;
-            this.idle.as_mut().reset(deadline);
+            this.last_frame = tokio::time::Instant::now();
             let data = match frame.into_data() {
                 Ok(data) => data,
                 Err(trailers) => return Poll::Ready(Some(Ok(trailers))),

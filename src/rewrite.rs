@@ -250,6 +250,8 @@ pub struct ModelRewriter {
     /// JSON mode: the model has been rewritten (or given up on); pass the rest through.
     done: bool,
     carry: BytesMut,
+    /// Searches for the `"model"` key; built once per response.
+    finder: memmem::Finder<'static>,
 }
 
 /// Longest line (SSE) or prefix (JSON) held back while looking for the `model` field.
@@ -263,6 +265,7 @@ impl ModelRewriter {
             sse,
             done: false,
             carry: BytesMut::new(),
+            finder: memmem::Finder::new(MODEL_KEY),
         }
     }
 
@@ -291,7 +294,7 @@ impl ModelRewriter {
     }
 
     fn push_sse(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let finder = memmem::Finder::new(MODEL_KEY);
+        let finder = &self.finder;
         if self.carry.is_empty() && chunk.last() == Some(&b'\n') && finder.find(&chunk).is_none() {
             return Some(chunk);
         }

@@ -26,8 +26,6 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-understudy-route");
 /// Marks requests the proxy mirrored, so upstream logs can tell them apart.
 pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-understudy-shadow");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The shared upstream client. Cloning is cheap and shares the connection pool.
@@ -93,6 +91,24 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
 /// Removes the hop-by-hop fields of RFC 9110 section 7.6.1: `Connection` and every field it
 /// names, plus the classic ones that must not cross a proxy.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass to see whether there is anything to remove: most messages carry none of these.
+    let hop = |name: &HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+        )
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -103,17 +119,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    let present: Vec<HeaderName> = headers.keys().filter(|n| hop(n)).cloned().collect();
+    for name in present {
         headers.remove(name);
     }
 }
