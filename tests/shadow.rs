@@ -587,3 +587,30 @@ async fn a_client_that_leaves_early_yields_no_sample() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn redacted_routes_keep_no_request_bodies_for_review() {
+    let sim = Sim::start(Behavior::default()).await;
+    let text = config(1.0, "max_rps = 1000")
+        .replace("keep_random = 5", "keep_random = 5\nredact_requests = true");
+    let (server, _dir) = Server::start(&text, &sim.url).await;
+    drive(&server, "/v1/chat/completions", false, 3, &json!({})).await;
+    let samples = send(
+        Method::GET,
+        &format!(
+            "{}/admin/routes/bot/samples?order=random&limit=10",
+            server.admin
+        ),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    let list = samples["samples"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{samples}");
+    assert!(list.iter().all(|s| s["request"].is_null()), "{samples}");
+    assert!(list.iter().all(|s| s["candidate"]["text"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty())));
+    server.shutdown().await;
+}
