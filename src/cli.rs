@@ -25,6 +25,17 @@ pub fn complain(msg: &str) {
     eprintln!("understudy: {msg}");
 }
 
+/// Success, or the error said on stderr and exit code 1.
+fn exit_code(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,13 +100,7 @@ pub fn serve(path: &Path) -> ExitCode {
             .map_err(|e| e.to_string())
         })
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            complain(&e);
-            ExitCode::from(1)
-        }
-    }
+    exit_code(result)
 }
 
 /// `understudy demo`: see [`crate::demo`].
@@ -107,13 +112,7 @@ pub fn demo(port: u16, exit: bool) -> ExitCode {
         rt.block_on(crate::demo::demo(port, exit, shutdown_signal(), say))
             .map_err(|e| e.to_string())
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            complain(&e);
-            ExitCode::from(1)
-        }
-    }
+    exit_code(result)
 }
 
 /// Serves the simulated upstream (every model answers with the default behaviour) until Ctrl-C.
@@ -133,13 +132,7 @@ pub fn mock_upstream(listen: &str) -> ExitCode {
                 .map_err(|e| e.to_string())
         })
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            complain(&e);
-            ExitCode::from(1)
-        }
-    }
+    exit_code(result)
 }
 
 /// An admin command of the command line.
@@ -175,16 +168,7 @@ pub fn admin(call: AdminCall) -> ExitCode {
     let result = runtime()
         .map_err(|e| e.to_string())
         .and_then(|rt| rt.block_on(admin_call(&base, token.as_deref(), call)));
-    match result {
-        Ok(out) => {
-            say(&out);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            complain(&e);
-            ExitCode::from(1)
-        }
-    }
+    exit_code(result.map(|out| say(&out)))
 }
 
 async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<String, String> {

@@ -231,29 +231,8 @@ pub struct ShadowConfig {
     pub timeout: Duration,
 }
 
-/// Weights of the scorers.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Weights {
-    /// `lexical`, default 0.4.
-    pub lexical: f64,
-    /// `structure`, default 0.3.
-    pub structure: f64,
-    /// `length`, default 0.1.
-    pub length: f64,
-    /// `refusal`, default 0.2.
-    pub refusal: f64,
-}
-
-impl Default for Weights {
-    fn default() -> Self {
-        Self {
-            lexical: 0.4,
-            structure: 0.3,
-            length: 0.1,
-            refusal: 0.2,
-        }
-    }
-}
+/// Weights of the scorers (`weights = { lexical, structure, length, refusal }`).
+pub use crate::score::Weights;
 
 /// `[routes.NAME.scoring]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::observe::{ApiShape, Failure, Observation, Observer};
 use crate::rewrite::{rewrite_request, RequestBody};
 use crate::routing::Role;
-use crate::score::{score, Weights};
+use crate::score::score;
 use crate::state::{Release, Route};
 use crate::upstream::{outbound_headers, UpstreamClient, SHADOW_HEADER};
 
@@ -242,7 +242,7 @@ impl MirrorTask {
             Role::Stable => (client, mirrored),
             Role::Candidate => (mirrored, client),
         };
-        let weights = weights(&policy.scoring);
+        let weights = policy.scoring.weights;
         let (reference, candidate, second_stable, scored) =
             match tokio::task::spawn_blocking(move || {
                 let s = score(&reference, &candidate, &weights);
@@ -375,16 +375,6 @@ impl MirrorTask {
         obs.latency = started.elapsed();
         obs.ttfb = ttfb;
         Ok(obs)
-    }
-}
-
-fn weights(scoring: &ScoringConfig) -> Weights {
-    let w = &scoring.weights;
-    Weights {
-        lexical: w.lexical,
-        structure: w.structure,
-        length: w.length,
-        refusal: w.refusal,
     }
 }
 
