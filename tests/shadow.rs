@@ -47,7 +47,7 @@ system_prompt = "You are concise and friendly."
 [routes.bot.shadow]
 {shadow}
 [routes.bot.scoring]
-noise_floor_share = 0.5
+noise_floor_share = 1.0
 keep_worst = 5
 keep_random = 5
 [routes.bot.rollback]
