@@ -465,53 +465,41 @@ async fn promote_finalize_publish_and_roll_back_to_any_version() {
         let server = &server;
         async move { admin_post(server, path, body, Some(TOKEN)).await }
     };
-    // Refusals are clear.
-    assert_eq!(p("/admin/routes/bot/finalize", json!({})).await.status, 409);
-    assert_eq!(
-        p("/admin/routes/bot/promote", json!({"phase": "sideways"}))
-            .await
-            .status,
-        400
-    );
-    assert_eq!(
-        p(
+    // Refusals are clear: (path, body, status).
+    let refusals = [
+        ("/admin/routes/bot/finalize", json!({}), 409),
+        (
             "/admin/routes/bot/promote",
-            json!({"phase": "canary", "share": 2})
-        )
-        .await
-        .status,
-        400
-    );
-    assert_eq!(
-        p("/admin/routes/nope/promote", json!({"phase": "canary"}))
-            .await
-            .status,
-        404
-    );
-    assert_eq!(
-        p("/admin/routes/bot/rollback", json!({"to": 99}))
-            .await
-            .status,
-        404
-    );
-    assert_eq!(
-        p(
+            json!({"phase": "sideways"}),
+            400,
+        ),
+        (
+            "/admin/routes/bot/promote",
+            json!({"phase": "canary", "share": 2}),
+            400,
+        ),
+        (
+            "/admin/routes/nope/promote",
+            json!({"phase": "canary"}),
+            404,
+        ),
+        ("/admin/routes/bot/rollback", json!({"to": 99}), 404),
+        (
             "/admin/routes/bot/releases",
-            json!({"upstream": "sim", "model": "gpt-4o-latest"})
-        )
-        .await
-        .status,
-        400
-    );
-    assert_eq!(
-        p(
+            json!({"upstream": "sim", "model": "gpt-4o-latest"}),
+            400,
+        ),
+        (
             "/admin/routes/bot/releases",
-            json!({"upstream": "nope", "model": "m-1"})
-        )
-        .await
-        .status,
-        400
-    );
+            json!({"upstream": "nope", "model": "m-1"}),
+            400,
+        ),
+    ];
+    for (path, body, status) in refusals {
+        let r = p(path, body.clone()).await;
+        assert_eq!(r.status, status, "{path} {body}: {}", r.text());
+        assert!(r.json()["error"]["message"].is_string());
+    }
 
     // Promoted: the candidate serves everyone.
     let r = p(
