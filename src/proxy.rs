@@ -127,15 +127,16 @@ impl Proxy {
         let json = RequestBody::parse(&bytes)
             .map_err(|e| (ProxyError::InvalidJson(e.to_string()), None))?;
         let snapshot = self.state.load();
+        let client_model = json.model();
         let route = match parts.headers.get(&ROUTE_HEADER) {
             Some(name) => {
                 let name = String::from_utf8_lossy(name.as_bytes());
                 let route = snapshot.route(&name).cloned();
                 Some(route.ok_or_else(|| (ProxyError::UnknownRoute(name.into_owned()), None))?)
             }
-            None => json
-                .model()
-                .and_then(|m| snapshot.route_by_alias(&m).cloned()),
+            None => client_model
+                .as_deref()
+                .and_then(|m| snapshot.route_by_alias(m).cloned()),
         };
         let Some(route) = route else {
             // No route: the default upstream gets the request as the client sent it.
@@ -182,7 +183,7 @@ impl Proxy {
                     stream: json.stream(),
                 })
             });
-        let client_model = json.model().map(|m| m.into_owned());
+        let client_model = client_model.map(|m| m.into_owned());
         let served = Served {
             release: Arc::clone(&release),
             client_model,

@@ -311,9 +311,9 @@ impl ModelRewriter {
         }
         let mut out = Vec::with_capacity(complete.len() + 32);
         for line in complete.split_inclusive(|b| *b == b'\n') {
-            match rewrite_model_value(line, &self.alias) {
-                Some(new) => out.extend_from_slice(&new),
-                None => out.extend_from_slice(line),
+            // One output buffer for the whole chunk, no allocation per line.
+            if !splice_model_value(&mut out, line, &self.alias) {
+                out.extend_from_slice(line);
             }
         }
         Some(Bytes::from(out))
@@ -344,12 +344,20 @@ const MODEL_KEY: &[u8] = b"\"model\"";
 /// `text` with the first complete `"model": "<string>"` value replaced by `alias` (a JSON
 /// string literal); None when there is no complete one.
 pub fn rewrite_model_value(text: &[u8], alias: &[u8]) -> Option<Vec<u8>> {
-    let (start, end) = find_model_value(text)?;
     let mut out = Vec::with_capacity(text.len() + alias.len());
+    splice_model_value(&mut out, text, alias).then_some(out)
+}
+
+/// Appends `text` to `out` with its first complete `"model"` string value replaced by `alias`;
+/// false (and nothing appended) when there is none.
+fn splice_model_value(out: &mut Vec<u8>, text: &[u8], alias: &[u8]) -> bool {
+    let Some((start, end)) = find_model_value(text) else {
+        return false;
+    };
     out.extend_from_slice(&text[..start]);
     out.extend_from_slice(alias);
     out.extend_from_slice(&text[end..]);
-    Some(out)
+    true
 }
 
 /// Byte range of the first complete string value of a `"model"` key, quotes included.
