@@ -48,6 +48,17 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     /// `shutdown_grace_secs`, default 30.
     pub shutdown_grace: Duration,
+    /// `workers`: proxy worker threads; default (None) one per available core.
+    pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Proxy worker threads to run: `workers`, or one per available core.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 impl Default for ServerConfig {
@@ -58,6 +69,7 @@ impl Default for ServerConfig {
             upstream_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            workers: None,
         }
     }
 }
@@ -399,6 +411,7 @@ mod raw {
         pub upstream_timeout_secs: Option<u64>,
         pub connect_timeout_secs: Option<u64>,
         pub shutdown_grace_secs: Option<u64>,
+        pub workers: Option<usize>,
     }
 
     #[derive(Default, Deserialize)]
@@ -500,6 +513,7 @@ const DEFAULT_STORE_PATH: &str = "data/understudy.db";
 /// Parameters the proxy sets itself.
 const RESERVED_PARAMS: [&str; 3] = ["model", "messages", "stream"];
 const MAX_KEPT_SAMPLES: usize = 10_000;
+const MAX_WORKERS: usize = 1024;
 
 type Value<'a> = Spanned<DeValue<'a>>;
 
@@ -567,6 +581,15 @@ impl<'a> Checker<'a> {
                 raw.shutdown_grace_secs,
                 default.shutdown_grace,
             ),
+            workers: raw.workers.map(|w| {
+                self.checked(
+                    &["server", "workers"],
+                    Some(w),
+                    1,
+                    |v| (1..=MAX_WORKERS).contains(&v),
+                    "must be between 1 and 1024",
+                )
+            }),
         }
     }
 
@@ -1739,6 +1762,8 @@ auto = true                             # false: alert-only, rollback only by al
                     "line 4: server.shutdown_grace_secs: must be greater than 0, got 0",
                 ],
             ),
+            ("[server]\nworkers = 0", &["line 2: server.workers: must be between 1 and 1024, got 0"]),
+            ("[server]\nworkers = 2000", &["line 2: server.workers: must be between 1 and 1024, got 2000"]),
             ("[server]\nlisten = \"127.0.0.1:1\"\nport = 1", &["line 3: server.port: unknown field `port`"]),
             ("server = 5", &["line 1: server: must be a table, got integer"]),
             ("[serverr]\nlisten = \"x\"", &["line 1: serverr: unknown key, expected one of server, admin"]),

@@ -24,3 +24,4 @@ pub mod sse;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod workers;

@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +26,7 @@ use crate::shadow::Shadow;
 use crate::state::Upstream;
 use crate::store::SqliteStore;
 use crate::upstream::UpstreamClient;
+use crate::workers::{Handoff, Workers};
 
 /// Bound on output text kept per observation.
 const OBSERVE_MAX_BYTES: usize = 256 * 1024;
@@ -110,7 +111,6 @@ pub async fn run(
     )
     .map_err(|e| ServerError::Setup(e.to_string()))?;
     let state = controller.state();
-    let client = UpstreamClient::new(config.server.connect_timeout);
     let mirrors = TaskTracker::new();
     let stop = CancellationToken::new();
 
@@ -124,24 +124,36 @@ pub async fn run(
         move || handle.block_on(controller.run(control_rx, samples_rx, stop))
     });
 
-    let shadow = Arc::new(Shadow::new(
-        client.clone(),
-        Arc::clone(&metrics),
-        mirrors.clone(),
-        samples_tx,
-        OBSERVE_MAX_BYTES,
-    ));
-    let proxy = Arc::new(Proxy {
-        state: Arc::clone(&state),
-        client,
-        metrics: Arc::clone(&metrics),
-        shadow,
-        limits: Limits {
-            max_body_bytes: config.server.max_body_bytes,
-            upstream_timeout: config.server.upstream_timeout,
-            observe_max_bytes: OBSERVE_MAX_BYTES,
-        },
-    });
+    let limits = Limits {
+        max_body_bytes: config.server.max_body_bytes,
+        upstream_timeout: config.server.upstream_timeout,
+        observe_max_bytes: OBSERVE_MAX_BYTES,
+    };
+    let connect_timeout = config.server.connect_timeout;
+    let connections = TaskTracker::new();
+    let workers = Workers::start(config.server.workers(), &connections, {
+        let state = Arc::clone(&state);
+        let metrics = Arc::clone(&metrics);
+        let mirrors = mirrors.clone();
+        move || {
+            // Each worker's own pool: its upstream connections are polled by its thread.
+            let client = UpstreamClient::new(connect_timeout);
+            let shadow = Arc::new(Shadow::new(
+                client.clone(),
+                Arc::clone(&metrics),
+                mirrors.clone(),
+                samples_tx.clone(),
+                OBSERVE_MAX_BYTES,
+            ));
+            Proxy {
+                state: Arc::clone(&state),
+                client,
+                metrics: Arc::clone(&metrics),
+                shadow,
+                limits,
+            }
+        }
+    })?;
     let admin = Arc::new(Admin {
         state,
         metrics,
@@ -153,34 +165,24 @@ pub async fn run(
         proxy = %listeners.proxy.local_addr()?,
         admin = %listeners.admin.local_addr()?,
         routes = config.routes.len(),
+        workers = config.server.workers(),
         "understudy serving"
     );
-    let connections = TaskTracker::new();
     let graceful = GracefulShutdown::new();
-    let mut serving = Box::pin(async {
-        tokio::join!(
-            accept_loop(
-                listeners.proxy,
-                &connections,
-                &graceful,
-                &stop,
-                move |req| { Arc::clone(&proxy).handle(req) }
-            ),
-            accept_loop(
-                listeners.admin,
-                &connections,
-                &graceful,
-                &stop,
-                move |req| { Arc::clone(&admin).handle(req) }
-            ),
-        )
-    });
-    tokio::select! {
-        () = shutdown => {}
-        _ = &mut serving => {}
-    }
-    stop.cancel();
-    serving.await;
+    let (workers, (), ()) = tokio::join!(
+        proxy_accept_loop(listeners.proxy, workers, &graceful, &stop),
+        accept_loop(
+            listeners.admin,
+            &connections,
+            &graceful,
+            &stop,
+            move |req| { Arc::clone(&admin).handle(req) }
+        ),
+        async {
+            shutdown.await;
+            stop.cancel();
+        },
+    );
     tracing::info!("shutting down: no new connections; waiting for in-flight responses");
     let grace = config.server.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -195,10 +197,56 @@ pub async fn run(
         tokio::join!(connections.wait(), mirrors.wait())
     })
     .await;
+    workers.stop().await;
     controller_stop.cancel();
     let _ = controller_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts proxy connections until `stop`, handing each to the next worker; returns the
+/// workers with their queues closed.
+async fn proxy_accept_loop(
+    listener: TcpListener,
+    mut workers: Workers,
+    graceful: &GracefulShutdown,
+    stop: &CancellationToken,
+) -> Workers {
+    loop {
+        let Some(stream) = accept(&listener, stop).await else {
+            workers.close();
+            return workers;
+        };
+        // Deregistered from this runtime, registered again by the worker's.
+        match stream.into_std() {
+            Ok(stream) => {
+                let watcher = graceful.watcher();
+                workers.dispatch(Handoff { stream, watcher }).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not hand a connection over"),
+        }
+    }
+}
+
+/// The next accepted connection (with `TCP_NODELAY`), or None once `stop` is cancelled.
+async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<TcpStream> {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return None,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return Some(stream);
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Accepts connections until `stop`, serving each on a task of `connections`.
@@ -215,21 +263,7 @@ async fn accept_loop<F, Fut>(
         + 'static,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = stop.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some(stream) = accept(&listener, stop).await {
         let handler = handler.clone();
         let conn = builder
             .serve_connection(TokioIo::new(stream), service_fn(handler))

@@ -1,0 +1,143 @@
+//! Proxy workers, one per core: each is a thread with a single-threaded runtime, its own
+//! upstream connection pool and its own mirror client. The acceptor (on the main runtime) hands
+//! each accepted connection to the next worker in turn, and the connection lives on that worker
+//! from then on: the client's connection, its upstream connection and the response between them
+//! are polled by one thread, with no cross-thread wake-ups or work stealing on the hot path.
+//! Route state, metrics, mirror budgets and the controller's queues are shared by all workers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::proxy::Proxy;
+
+/// Connections waiting for a worker; past it the acceptor waits (backpressure, not loss).
+const HANDOFF_QUEUE: usize = 1024;
+
+/// A connection handed to a worker, with the graceful-shutdown watcher taken when it was
+/// accepted (so a shutdown that starts while it is queued still waits for it).
+pub struct Handoff {
+    pub stream: std::net::TcpStream,
+    pub watcher: Watcher,
+}
+
+/// The running workers.
+pub struct Workers {
+    senders: Vec<mpsc::Sender<Handoff>>,
+    next: usize,
+    threads: Vec<JoinHandle<()>>,
+    /// Cancelled once every connection and mirror has finished (or the grace period ran out):
+    /// the workers' runtimes then stop.
+    release: CancellationToken,
+}
+
+impl Workers {
+    /// Starts `count` workers; `make_proxy` builds each worker's proxy inside its runtime (so its
+    /// connection pool's tasks run there). Connections are spawned on `connections`.
+    pub fn start<F>(
+        count: usize,
+        connections: &TaskTracker,
+        make_proxy: F,
+    ) -> std::io::Result<Workers>
+    where
+        F: Fn() -> Proxy + Send + Sync + 'static,
+    {
+        let make_proxy = Arc::new(make_proxy);
+        let release = CancellationToken::new();
+        let mut senders = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+            let make_proxy = Arc::clone(&make_proxy);
+            let connections = connections.clone();
+            let release = release.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("understudy-proxy-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let proxy = Arc::new(make_proxy());
+                        serve(rx, proxy, &connections).await;
+                        // Accepting is over; this runtime keeps polling its connections and
+                        // mirrors until the server has waited for them.
+                        release.cancelled().await;
+                    });
+                })?;
+            senders.push(tx);
+            threads.push(thread);
+        }
+        Ok(Workers {
+            senders,
+            next: 0,
+            threads,
+            release,
+        })
+    }
+
+    /// Hands `conn` to the next worker in turn. A worker that has gone (it can only stop after
+    /// shutdown began) leaves the connection to be closed.
+    pub async fn dispatch(&mut self, conn: Handoff) {
+        let i = self.next;
+        self.next = (i + 1) % self.senders.len();
+        if self.senders[i].send(conn).await.is_err() {
+            tracing::warn!(worker = i, "proxy worker is gone; connection closed");
+        }
+    }
+
+    /// Stops handing out connections: each worker's queue drains and its accept side ends.
+    pub fn close(&mut self) {
+        self.senders.clear();
+    }
+
+    /// Stops the workers' runtimes and waits for their threads to end.
+    pub async fn stop(self) {
+        self.release.cancel();
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if t.join().is_err() {
+                    tracing::error!("a proxy worker panicked");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+/// Serves every connection handed to this worker, until the acceptor closes its queue.
+async fn serve(mut rx: mpsc::Receiver<Handoff>, proxy: Arc<Proxy>, connections: &TaskTracker) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    while let Some(Handoff { stream, watcher }) = rx.recv().await {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not register a connection");
+                continue;
+            }
+        };
+        let proxy = Arc::clone(&proxy);
+        let conn = builder
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| Arc::clone(&proxy).handle(req)),
+            )
+            .into_owned();
+        connections.spawn(log_end(watcher.watch(conn)));
+    }
+}
+
+async fn log_end<E: std::fmt::Display>(conn: impl Future<Output = Result<(), E>>) {
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
