@@ -10,8 +10,8 @@ use crate::judge::{Judge, Trigger};
 use crate::state::Route;
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Route label for requests that match no route and go to the default upstream untouched.
@@ -96,8 +96,44 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
     Ok(metric)
 }
 
+/// One route release's request series, looked up once. A label lookup hashes every label value
+/// and takes a lock: the request path uses these handles instead (see `Release::series`).
+pub struct ReleaseSeries {
+    ok: IntCounter,
+    duration: Histogram,
+    ttfb: Histogram,
+    prompt_tokens: IntCounter,
+    completion_tokens: IntCounter,
+    /// Only for releases with prices: a release without them has no cost series.
+    cost: Option<Counter>,
+}
+
+impl std::fmt::Debug for ReleaseSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseSeries").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// The request series of `release` on `route`.
+    pub fn release_series(&self, route: &str, release: &str, priced: bool) -> ReleaseSeries {
+        ReleaseSeries {
+            ok: self.requests.with_label_values(&[route, release, "200"]),
+            duration: self.duration.with_label_values(&[route, release]),
+            ttfb: self.ttfb.with_label_values(&[route, release]),
+            prompt_tokens: self.tokens.with_label_values(&[route, release, "prompt"]),
+            completion_tokens: self
+                .tokens
+                .with_label_values(&[route, release, "completion"]),
+            cost: priced.then(|| self.cost.with_label_values(&[route, release])),
+        }
+    }
+}
+
 /// What the proxy knows about one finished client request.
 pub struct RequestRecord<'a> {
+    /// The series of `route` and `release`, when already looked up.
+    pub series: Option<&'a ReleaseSeries>,
     pub route: &'a str,
     pub release: &'a str,
     pub method: &'a http::Method,
@@ -117,34 +153,63 @@ pub struct RequestRecord<'a> {
 impl Metrics {
     /// A client request ended: one log line and its metrics.
     pub fn request_finished(&self, r: &RequestRecord<'_>) {
-        let status = if r.cancelled {
-            "cancelled".to_string()
-        } else {
-            r.status.to_string()
+        let status: std::borrow::Cow<'static, str> = match (r.cancelled, r.status) {
+            (true, _) => "cancelled".into(),
+            (false, 200) => "200".into(),
+            (false, s) => s.to_string().into(),
         };
-        self.requests
-            .with_label_values(&[r.route, r.release, &status])
-            .inc();
-        self.duration
-            .with_label_values(&[r.route, r.release])
-            .observe(r.duration.as_secs_f64());
-        if let Some(ttfb) = r.ttfb {
-            self.ttfb
-                .with_label_values(&[r.route, r.release])
-                .observe(ttfb.as_secs_f64());
+        match r.series {
+            Some(series) => {
+                if r.status == 200 && !r.cancelled {
+                    series.ok.inc();
+                } else {
+                    self.requests
+                        .with_label_values(&[r.route, r.release, &status])
+                        .inc();
+                }
+                series.duration.observe(r.duration.as_secs_f64());
+                if let Some(ttfb) = r.ttfb {
+                    series.ttfb.observe(ttfb.as_secs_f64());
+                }
+                if let Some(n) = r.prompt_tokens {
+                    series.prompt_tokens.inc_by(n);
+                }
+                if let Some(n) = r.completion_tokens {
+                    series.completion_tokens.inc_by(n);
+                }
+                if let (Some(cost), Some(usd)) = (
+                    &series.cost,
+                    cost_usd(r.prompt_tokens, r.completion_tokens, r.prices),
+                ) {
+                    cost.inc_by(usd);
+                }
+            }
+            None => {
+                self.requests
+                    .with_label_values(&[r.route, r.release, &status])
+                    .inc();
+                self.duration
+                    .with_label_values(&[r.route, r.release])
+                    .observe(r.duration.as_secs_f64());
+                if let Some(ttfb) = r.ttfb {
+                    self.ttfb
+                        .with_label_values(&[r.route, r.release])
+                        .observe(ttfb.as_secs_f64());
+                }
+                self.count_tokens(
+                    r.route,
+                    r.release,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.prices,
+                );
+            }
         }
         if let Some(kind) = r.error_kind {
             self.upstream_errors
                 .with_label_values(&[r.route, r.release, kind])
                 .inc();
         }
-        self.count_tokens(
-            r.route,
-            r.release,
-            r.prompt_tokens,
-            r.completion_tokens,
-            r.prices,
-        );
         tracing::info!(
             route = r.route,
             release = r.release,
@@ -177,14 +242,22 @@ impl Metrics {
                 .with_label_values(&[route, release, "completion"])
                 .inc_by(n);
         }
-        if let Some(p) = prices {
-            let usd = prompt.unwrap_or(0) as f64 * p.prompt_per_mtok / 1e6
-                + completion.unwrap_or(0) as f64 * p.completion_per_mtok / 1e6;
-            if usd > 0.0 {
-                self.cost.with_label_values(&[route, release]).inc_by(usd);
-            }
+        if let Some(usd) = cost_usd(prompt, completion, prices) {
+            self.cost.with_label_values(&[route, release]).inc_by(usd);
         }
     }
+}
+
+/// What the tokens cost at the release's prices; None when nothing was spent.
+fn cost_usd(
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    prices: Option<crate::config::Prices>,
+) -> Option<f64> {
+    let p = prices?;
+    let usd = prompt.unwrap_or(0) as f64 * p.prompt_per_mtok / 1e6
+        + completion.unwrap_or(0) as f64 * p.completion_per_mtok / 1e6;
+    (usd > 0.0).then_some(usd)
 }
 
 impl Metrics {

@@ -184,6 +184,9 @@ pub struct Observer {
     shape: ApiShape,
     input: Input,
     out: Assembly,
+    /// Only usage and failures are wanted (nobody compares this answer): a JSON body is checked
+    /// and its usage read, but its text and tool calls are not assembled.
+    usage_only: bool,
 }
 
 /// How the body is taken in.
@@ -248,6 +251,17 @@ impl Observer {
                 room: max_bytes,
                 ..Assembly::default()
             },
+            usage_only: false,
+        }
+    }
+
+    /// An observer for an answer nobody compares: the same usage and failures as [`Observer::new`]
+    /// gives, without text or tool calls for a JSON body (a stream is read whole either way: its
+    /// end is only known from its events).
+    pub fn usage_only(shape: ApiShape, streaming: bool, max_bytes: usize) -> Self {
+        Observer {
+            usage_only: true,
+            ..Observer::new(shape, streaming, max_bytes)
         }
     }
 
@@ -277,12 +291,14 @@ impl Observer {
             shape,
             input,
             mut out,
+            usage_only,
         } = self;
         let failure = if status >= 400 {
             Some(Failure::Status(status))
         } else {
             match input {
                 Input::Stream(mut reader) => out.end_stream(shape, &mut reader),
+                Input::Body { bytes, cut, .. } if usage_only => out.body_usage(shape, &bytes, cut),
                 Input::Body { bytes, cut, .. } => out.body(shape, &bytes, cut),
             }
             if !complete {
@@ -346,6 +362,29 @@ impl Assembly {
             ApiShape::Messages => serde_json::from_slice(bytes).map(|body| self.message_body(body)),
         };
         // A body cut at the bound cannot be expected to parse.
+        self.truncated |= cut;
+        self.malformed |= read.is_err() && !cut;
+    }
+
+    /// Reads only the usage and the failure of a whole non-streaming body: the body must be JSON
+    /// with the API's required top-level fields (`choices`, `status`, `content`), as for
+    /// [`Assembly::body`], but what those fields hold is skipped unread.
+    fn body_usage(&mut self, shape: ApiShape, bytes: &[u8], cut: bool) {
+        let read = match shape {
+            ApiShape::ChatCompletions | ApiShape::Completions => {
+                serde_json::from_slice(bytes).map(|b: ChatUsage| b.usage)
+            }
+            ApiShape::Responses => {
+                serde_json::from_slice(bytes).map(|b: ResponseObject<'_, IgnoredAny>| {
+                    self.response_outcome(&b);
+                    b.usage
+                })
+            }
+            ApiShape::Messages => serde_json::from_slice(bytes).map(|b: MessageUsage| b.usage),
+        };
+        if let Ok(Some(usage)) = read {
+            self.usage = usage.into();
+        }
         self.truncated |= cut;
         self.malformed |= read.is_err() && !cut;
     }
@@ -778,6 +817,23 @@ struct MessageStart {
 
 #[derive(Deserialize)]
 struct UsageHolder {
+    usage: Option<WireUsage>,
+}
+
+/// A whole OpenAI chat or completions body read for its usage only (`choices` must be there).
+#[derive(Deserialize)]
+struct ChatUsage {
+    #[serde(rename = "choices")]
+    _choices: IgnoredAny,
+    usage: Option<WireUsage>,
+}
+
+/// A whole Anthropic message read for its usage only (`content` must be there, as for
+/// [`MessageBody`]).
+#[derive(Deserialize)]
+struct MessageUsage {
+    #[serde(rename = "content")]
+    _content: IgnoredAny,
     usage: Option<WireUsage>,
 }
 
@@ -1684,6 +1740,52 @@ data: [DONE]
             assert_eq!(got.failure, Some(Failure::Malformed), "{shape:?} {body:?}");
             assert!(!got.truncated);
         }
+    }
+
+    #[test]
+    fn usage_only_reads_the_same_usage_and_failures() {
+        use ApiShape::*;
+        let usage_only = |shape, body: &str| {
+            let mut observer = Observer::usage_only(shape, false, 1 << 20);
+            observer.feed(body.as_bytes());
+            observer.finish(200, true)
+        };
+        for case in cases().into_iter().filter(|c| !c.streaming) {
+            let got = usage_only(case.shape, case.body);
+            assert_eq!(got.failure, None, "{}", case.name);
+            assert_eq!(got.usage, case.usage, "{}", case.name);
+            assert_eq!(
+                (got.text.as_str(), got.tool_calls.len()),
+                ("", 0),
+                "{}",
+                case.name
+            );
+        }
+        let invalid: &[(ApiShape, &str)] = &[
+            (ChatCompletions, ""),
+            (
+                ChatCompletions,
+                "{\"choices\":[{\"index\":0,\"message\":{\"content\":\"hi\"}",
+            ),
+            (ChatCompletions, "<html>Bad gateway</html>"),
+            (ChatCompletions, "{\"error\":{\"message\":\"oops\"}}"),
+            (Responses, "{\"output\":[]}"),
+            (
+                Messages,
+                "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}",
+            ),
+            (
+                Responses,
+                r#"{"status":"failed","output":[],"error":{"code":"server_error"}}"#,
+            ),
+        ];
+        for (shape, body) in invalid {
+            let got = usage_only(*shape, body);
+            assert_eq!(got.failure, Some(Failure::Malformed), "{shape:?} {body:?}");
+        }
+        // Nothing inside `choices` is read: a wrong type there goes unnoticed.
+        let odd = usage_only(Completions, "{\"choices\":[{\"text\":3}]}");
+        assert_eq!(odd.failure, None);
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl Proxy {
     fn fail(&self, ctx: &Ctx, err: ProxyError, release: Option<&Release>) -> Response<Body> {
         let status = err.status().as_u16();
         self.metrics.request_finished(&RequestRecord {
+            series: None,
             route: ctx.route_label(),
             release: release.map_or(NO_RELEASE, |r| r.version_label.as_str()),
             method: &ctx.method,
@@ -270,7 +271,12 @@ impl Proxy {
                 .insert(RELEASE_HEADER, number_header(served.release.version));
             paired = served.paired;
         }
-        let observer = shape.map(|s| Observer::new(s, sse, self.limits.observe_max_bytes));
+        // The whole answer is assembled only when a mirror waits to compare it.
+        let max = self.limits.observe_max_bytes;
+        let observer = shape.map(|s| match paired {
+            Some(_) => Observer::new(s, sse, max),
+            None => Observer::usage_only(s, sse, max),
+        });
         let completion = Completion {
             metrics: Arc::clone(&self.metrics),
             route: ctx.route.clone(),

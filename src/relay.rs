@@ -103,7 +103,12 @@ impl RelayBody {
             Some(Failure::Status(s)) if *s >= 500 => Some("status"),
             _ => None,
         };
+        let series = match (&done.route, &done.release) {
+            (Some(route), Some(release)) => Some(release.series(&done.metrics, &route.name)),
+            _ => None,
+        };
         done.metrics.request_finished(&RequestRecord {
+            series,
             route: done.route.as_ref().map_or(UNROUTED, |r| r.name.as_str()),
             release: done
                 .release

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
@@ -250,9 +251,12 @@ pub struct ModelRewriter {
     /// JSON mode: the model has been rewritten (or given up on); pass the rest through.
     done: bool,
     carry: BytesMut,
-    /// Searches for the `"model"` key; built once per response.
-    finder: memmem::Finder<'static>,
 }
+
+/// Searches for the `"model"` key; built once per process (building one costs more than a
+/// search through a typical chunk).
+static MODEL_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(MODEL_KEY));
 
 /// Longest line (SSE) or prefix (JSON) held back while looking for the `model` field.
 const MAX_CARRY: usize = 1 << 20;
@@ -265,7 +269,6 @@ impl ModelRewriter {
             sse,
             done: false,
             carry: BytesMut::new(),
-            finder: memmem::Finder::new(MODEL_KEY),
         }
     }
 
@@ -294,7 +297,7 @@ impl ModelRewriter {
     }
 
     fn push_sse(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let finder = &self.finder;
+        let finder = &*MODEL_FINDER;
         if self.carry.is_empty() && chunk.last() == Some(&b'\n') && finder.find(&chunk).is_none() {
             return Some(chunk);
         }
@@ -363,7 +366,7 @@ fn splice_model_value(out: &mut Vec<u8>, text: &[u8], alias: &[u8]) -> bool {
 /// Byte range of the first complete string value of a `"model"` key, quotes included.
 fn find_model_value(text: &[u8]) -> Option<(usize, usize)> {
     let mut from = 0;
-    while let Some(pos) = memmem::find(&text[from..], MODEL_KEY) {
+    while let Some(pos) = MODEL_FINDER.find(&text[from..]) {
         let key = from + pos;
         from = key + MODEL_KEY.len();
         // `\"model\"` inside a string is escaped content, not a key.

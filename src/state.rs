@@ -3,13 +3,14 @@
 //! controller builds a new snapshot and swaps it in whole.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use serde_json::value::RawValue;
 
 use crate::config::{ApiFlavor, Phase, Prices, ReleaseSpec, StickyKey, UpstreamConfig};
+use crate::metrics::{Metrics, ReleaseSeries};
 
 /// An upstream LLM API, resolved once at start (its credentials read from the environment).
 #[derive(Debug)]
@@ -102,9 +103,18 @@ pub struct Release {
     /// Parameter overrides, each value pre-serialised once.
     pub params: Vec<(String, Box<RawValue>)>,
     pub prices: Option<Prices>,
+    /// This release's request metric series, looked up on first use.
+    series: OnceLock<ReleaseSeries>,
 }
 
 impl Release {
+    /// The release's request series on `route` (a release belongs to one route).
+    pub fn series(&self, metrics: &Metrics, route: &str) -> &ReleaseSeries {
+        self.series.get_or_init(|| {
+            metrics.release_series(route, &self.version_label, self.prices.is_some())
+        })
+    }
+
     pub fn new(version: u32, spec: &ReleaseSpec, upstream: Arc<Upstream>) -> Self {
         let params = spec
             .params
@@ -120,6 +130,7 @@ impl Release {
             system_prompt: spec.system_prompt.clone(),
             params,
             prices: spec.prices,
+            series: OnceLock::new(),
         }
     }
 }
