@@ -104,6 +104,17 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes the hop-by-hop fields of RFC 9110 section 7.6.1: `Connection` and every field it
 /// names, plus the classic ones that must not cross a proxy.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names (cheap comparisons) to see which are present: most messages carry
+    // none, or only `Connection: keep-alive`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
     // Fields named by `Connection` other than the usual `keep-alive`/`close` (rare: only then
     // is anything allocated).
     let mut named: Vec<HeaderName> = Vec::new();
@@ -118,8 +129,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    for name in &named {
         headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
