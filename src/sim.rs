@@ -6,7 +6,7 @@
 //! Answers come from small built-in corpora picked by a hash of the last user message, so two
 //! models with the same [`Style`] answer a request identically. A model's [`Behavior`] can be
 //! overridden per request with the headers `x-sim-fault` (`500`, `429`, any 4xx/5xx, `reset`,
-//! `hang`, `broken-sse`) and `x-sim-latency-ms`.
+//! `hang`, `stall`, `broken-sse`) and `x-sim-latency-ms`.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -67,6 +67,9 @@ pub enum Fault {
     ResetMidStream,
     /// Never answer (hold the connection open until shutdown).
     Hang,
+    /// Send headers and part of the body (streaming: 2 events), then nothing more, with the
+    /// connection held open until shutdown.
+    StallMidStream,
     /// Streaming: send 2 good events, then broken non-JSON data lines, then end without the
     /// terminal event. Non-streaming: a 200 with the JSON body cut in half.
     BrokenSse,
@@ -372,6 +375,9 @@ async fn simulate(
             Some(Fault::ResetMidStream) => {
                 SimBody::stream(vec![half], Duration::ZERO, Ending::Reset, cancel)
             }
+            Some(Fault::StallMidStream) => {
+                SimBody::stream(vec![half], Duration::ZERO, Ending::Stall, cancel)
+            }
             Some(Fault::BrokenSse) => SimBody::full(half),
             _ => SimBody::full(full),
         };
@@ -382,6 +388,10 @@ async fn simulate(
         Some(Fault::ResetMidStream) => {
             events.truncate(2);
             Ending::Reset
+        }
+        Some(Fault::StallMidStream) => {
+            events.truncate(2);
+            Ending::Stall
         }
         Some(Fault::BrokenSse) => {
             events.truncate(2);
@@ -408,11 +418,12 @@ fn header_fault(headers: &HeaderMap) -> Option<Fault> {
     parse_fault(headers.get("x-sim-fault")?.to_str().ok()?.trim())
 }
 
-/// `x-sim-fault` values: a 4xx/5xx status, `reset`, `hang` or `broken-sse`.
+/// `x-sim-fault` values: a 4xx/5xx status, `reset`, `hang`, `stall` or `broken-sse`.
 fn parse_fault(value: &str) -> Option<Fault> {
     match value {
         "reset" => Some(Fault::ResetMidStream),
         "hang" => Some(Fault::Hang),
+        "stall" => Some(Fault::StallMidStream),
         "broken-sse" => Some(Fault::BrokenSse),
         code => code
             .parse()
@@ -1517,6 +1528,8 @@ enum Ending {
     /// Abort the connection (after one pending poll, so that hyper flushes what was sent).
     Reset,
     ResetNow,
+    /// Send nothing more and never end (until shutdown).
+    Stall,
     Done,
 }
 
@@ -1583,7 +1596,7 @@ impl Body for SimBody {
             this.pause = None;
         }
         if let Some(frame) = this.frames.next() {
-            if !this.delay.is_zero() && (this.frames.len() > 0 || this.ending == Ending::Reset) {
+            if !this.delay.is_zero() && (this.frames.len() > 0 || this.ending != Ending::Clean) {
                 this.pause = Some(Box::pin(tokio::time::sleep(this.delay)));
             }
             return Poll::Ready(Some(Ok(Frame::data(frame))));
@@ -1598,6 +1611,8 @@ impl Body for SimBody {
                 this.ending = Ending::Done;
                 Poll::Ready(Some(Err(SimError::Reset)))
             }
+            // The shutdown future above was polled, so shutdown still wakes this body.
+            Ending::Stall => Poll::Pending,
             Ending::Clean | Ending::Done => Poll::Ready(None),
         }
     }
@@ -2471,6 +2486,7 @@ mod tests {
             ("429", Some(Fault::Status(429))),
             ("reset", Some(Fault::ResetMidStream)),
             ("hang", Some(Fault::Hang)),
+            ("stall", Some(Fault::StallMidStream)),
             ("broken-sse", Some(Fault::BrokenSse)),
             ("200", None),
             ("70000", None),

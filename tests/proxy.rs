@@ -535,6 +535,43 @@ async fn upstream_faults_become_clear_errors() {
 }
 
 #[tokio::test]
+async fn a_stream_that_stalls_is_cut_after_the_idle_timeout() {
+    let (_sim, server, _dir) = setup().await;
+    let url = format!("{}/v1/chat/completions", server.proxy);
+    let chat = |stream| request_for("/v1/chat/completions", "support-bot", "hello there", stream);
+
+    // Two events arrive at once, then the upstream goes silent: the client has them, and after
+    // upstream_timeout_secs (2 s) of silence its body ends with an error, not a clean end.
+    let reply = post(&url, &chat(true), &[("x-sim-fault", "stall")]).await;
+    assert_eq!(reply.status, 200);
+    let (first_at, _) = reply.chunks.first().expect("no event before the stall");
+    assert!(*first_at < Duration::from_secs(1), "{first_at:?}");
+    assert!(reply.text().contains("data: "), "{}", reply.text());
+    assert!(!reply.text().contains("[DONE]"));
+    assert!(reply.body_error.is_some(), "stalled stream ended cleanly");
+    assert!(
+        reply.total >= Duration::from_millis(1900) && reply.total < Duration::from_secs(5),
+        "{:?}",
+        reply.total
+    );
+
+    // The same for a JSON body cut off halfway.
+    let reply = post(&url, &chat(false), &[("x-sim-fault", "stall")]).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body_error.is_some(), "stalled body ended cleanly");
+    assert!(
+        reply.total >= Duration::from_millis(1900),
+        "{:?}",
+        reply.total
+    );
+
+    let m = server.metrics().await;
+    let line = r#"understudy_upstream_errors_total{kind="timeout",release="1",route="bot"}"#;
+    assert_eq!(metric_value(&m, line), 2.0, "{m}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn upstream_credentials_replace_the_clients_and_never_leak() {
     let (sim, server, _dir) = setup().await;
     let reply = post(
