@@ -123,7 +123,7 @@ def wait_for(pattern, path, proc, secs=30):
         raise SystemExit(f"{proc.args[1]} did not start:\n{f.read()[-2000:]}")
 
 
-def start_servers(exe, tmp, procs):
+def start_servers(exe, tmp, procs, workers=None):
     """Starts the mock upstream and Understudy; returns (mock, proxy, admin) addresses, pid, token."""
     mock_log = os.path.join(tmp, "mock.log")
     mock = procs.start([exe, "mock-upstream", "--listen", "127.0.0.1:0"], stdout=open(mock_log, "w"),
@@ -134,6 +134,7 @@ def start_servers(exe, tmp, procs):
         f.write(f"""
 [server]
 listen = "127.0.0.1:0"
+{f"workers = {workers}" if workers else ""}
 [admin]
 listen = "127.0.0.1:0"
 token_env = "UNDERSTUDY_ADMIN_TOKEN"
@@ -566,6 +567,7 @@ def main():
     ap.add_argument("--no-nginx", action="store_true",
                     help="skip the reference nginx proxy_pass (used when nginx is on PATH)")
     ap.add_argument("--binary", help="use this understudy binary instead of building one")
+    ap.add_argument("--workers", type=int, help="server.workers for Understudy (default: one per core)")
     a = ap.parse_args()
 
     need = a.hold * 3 + a.conc * 4 + 256  # client, proxy (both legs) and mock sockets; inherited
@@ -576,7 +578,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="understudy-load-")
     procs = Procs()
     try:
-        mock, proxy, admin, pid, token = start_servers(exe, tmp, procs)
+        mock, proxy, admin, pid, token = start_servers(exe, tmp, procs, a.workers)
         pids = {"mock": procs.procs[0].pid}
         nginx = None
         if not a.no_nginx and shutil.which("nginx"):
