@@ -13,6 +13,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use http::{HeaderName, Uri};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -123,6 +125,18 @@ pub struct UpstreamConfig {
     pub default: bool,
     /// `api`; default: Anthropic if the host contains "anthropic", else OpenAI.
     pub api: ApiFlavor,
+    /// `ca_file`: extra trusted CA certificates (https only).
+    pub ca_file: Option<CaFile>,
+}
+
+/// A PEM file of CA certificates, read and checked when the configuration is loaded. Its
+/// certificates are trusted, besides the webpki roots, for every https upstream of the process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaFile {
+    /// The file, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// Its certificates (DER), at least one, each valid as a trust anchor.
+    pub certs: Vec<CertificateDer<'static>>,
 }
 
 /// The phase of a route.
@@ -355,8 +369,8 @@ fn indented(problems: &[ConfigError]) -> String {
 }
 
 impl Config {
-    /// Read, parse, validate. Relative paths (system_prompt_file, store.path) are resolved
-    /// against the config file's directory.
+    /// Read, parse, validate. Relative paths (system_prompt_file, ca_file, store.path) are
+    /// resolved against the config file's directory.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
@@ -434,6 +448,7 @@ mod raw {
         pub api_key_env: Option<String>,
         pub default: Option<bool>,
         pub api: Option<ApiFlavor>,
+        pub ca_file: Option<String>,
     }
 
     /// A route's own keys; its sub-tables are only accepted here and deserialized separately.
@@ -691,6 +706,21 @@ impl<'a> Checker<'a> {
             }
         };
         let api_key_env = self.env_name(&["upstreams", name, "api_key_env"], raw.api_key_env);
+        let ca_file = raw.ca_file.and_then(|file| {
+            let path = ["upstreams", name, "ca_file"];
+            if base_url.as_ref().and_then(Uri::scheme_str) == Some("http") {
+                self.report(&path, "only for https upstreams, but base_url is http://");
+                return None;
+            }
+            let full = self.base_dir.join(file);
+            match read_ca_file(&full) {
+                Ok(certs) => Some(CaFile { path: full, certs }),
+                Err(problem) => {
+                    self.report(&path, problem);
+                    None
+                }
+            }
+        });
         if self.problems.len() != before {
             return None;
         }
@@ -708,6 +738,7 @@ impl<'a> Checker<'a> {
             api_key_env,
             default: raw.default.unwrap_or(false),
             api,
+            ca_file,
         })
     }
 
@@ -1293,6 +1324,37 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// The certificates of the PEM file at `path`: at least one, each usable as a trust anchor.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read CA file {shown}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            let why = match e {
+                pem::Error::MissingSectionEnd { .. } => "a section has no END line".to_owned(),
+                pem::Error::IllegalSectionStart { .. } => "malformed BEGIN line".to_owned(),
+                other => other.to_string(),
+            };
+            format!("{shown} is not valid PEM: {why}")
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" sections)"
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        if roots.add(CertificateDer::from(cert.as_ref())).is_err() {
+            let n = i + 1;
+            return Err(format!(
+                "certificate {n} of {shown} is not a valid X.509 certificate"
+            ));
+        }
+    }
+    Ok(certs)
+}
+
 /// Appends to `path` the keys leading to the key or value at byte `offset`, if any.
 fn locate<'t>(table: &'t DeTable<'_>, offset: usize, path: &mut Vec<&'t str>) -> bool {
     for (key, value) in table.iter() {
@@ -1811,6 +1873,86 @@ auto = true                             # false: alert-only, rollback only by al
         for (text, expected) in cases {
             check(text, expected);
         }
+    }
+
+    /// A self-signed certificate in PEM, and its DER.
+    fn test_cert(name: &str) -> (String, CertificateDer<'static>) {
+        let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        (certified.cert.pem(), certified.cert.der().clone())
+    }
+
+    #[test]
+    fn ca_file_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, _) = test_cert("ca.test");
+        let key_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let not_der = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
+        let unended = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n";
+        let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        // (base_url, file contents (None: no file), expected problem after the file's path)
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            (
+                "https://gw",
+                None,
+                "cannot read CA file {FILE}: No such file",
+            ),
+            ("https://gw", Some(""), "{FILE} holds no certificate"),
+            (
+                "https://gw",
+                Some("just text\n"),
+                "{FILE} holds no certificate",
+            ),
+            ("https://gw", Some(&key_pem), "{FILE} holds no certificate"),
+            (
+                "https://gw",
+                Some(unended),
+                "{FILE} is not valid PEM: a section has no END line",
+            ),
+            (
+                "https://gw",
+                Some(bad_base64),
+                "{FILE} is not valid PEM: base64 decode error",
+            ),
+            (
+                "https://gw",
+                Some(not_der),
+                "certificate 1 of {FILE} is not a valid X.509 certificate",
+            ),
+            (
+                "http://gw",
+                Some(&ca_pem),
+                "only for https upstreams, but base_url is http://",
+            ),
+        ];
+        for (i, (url, contents, expected)) in cases.iter().enumerate() {
+            let file = dir.path().join(format!("ca{i}.pem"));
+            if let Some(contents) = contents {
+                std::fs::write(&file, contents).unwrap();
+            }
+            let file = file.to_str().unwrap();
+            let text = format!("\n[upstreams.gw]\nbase_url = \"{url}\"\nca_file = \"{file}\"\n");
+            let expected = format!(
+                "line 4: upstreams.gw.ca_file: {}",
+                expected.replace("{FILE}", file)
+            );
+            check(&text, &[&expected]);
+        }
+    }
+
+    #[test]
+    fn ca_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first_pem, first) = test_cert("ca-one.test");
+        let (second_pem, second) = test_cert("ca-two.test");
+        let bundle = format!("# internal CAs\n{first_pem}\n{second_pem}");
+        std::fs::write(dir.path().join("cas.pem"), bundle).unwrap();
+        let text = "[upstreams.gw]\nbase_url = \"https://gw.internal\"\nca_file = \"cas.pem\"\n";
+        let config = Config::parse(text, dir.path()).unwrap();
+        let ca = config.upstreams["gw"].ca_file.as_ref().unwrap();
+        assert_eq!(ca.path, dir.path().join("cas.pem"));
+        assert_eq!(ca.certs, [first, second]);
+        let plain = parse("[upstreams.gw]\nbase_url = \"https://gw.internal\"\n").unwrap();
+        assert_eq!(plain.upstreams["gw"].ca_file, None);
     }
 
     #[test]

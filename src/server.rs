@@ -25,7 +25,7 @@ use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
 use crate::state::Upstream;
 use crate::store::SqliteStore;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{self, UpstreamClient};
 use crate::workers::{Handoff, Workers};
 
 /// Bound on output text kept per observation.
@@ -130,6 +130,14 @@ pub async fn run(
         observe_max_bytes: OBSERVE_MAX_BYTES,
     };
     let connect_timeout = config.server.connect_timeout;
+    let extra_roots: Vec<_> = config
+        .upstreams
+        .values()
+        .filter_map(|u| u.ca_file.as_ref())
+        .flat_map(|ca| ca.certs.iter().cloned())
+        .collect();
+    let tls = upstream::tls_config(&extra_roots)
+        .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
     let connections = TaskTracker::new();
     let workers = Workers::start(config.server.workers(), &connections, {
         let state = Arc::clone(&state);
@@ -137,7 +145,7 @@ pub async fn run(
         let mirrors = mirrors.clone();
         move || {
             // Each worker's own pool: its upstream connections are polled by its thread.
-            let client = UpstreamClient::new(connect_timeout);
+            let client = UpstreamClient::new(connect_timeout, tls.clone());
             let shadow = Arc::new(Shadow::new(
                 client.clone(),
                 Arc::clone(&metrics),

@@ -1,7 +1,9 @@
 //! The upstream leg: one pooled keep-alive HTTP client (HTTP/1.1 and HTTP/2, `http://` and
 //! `https://` through rustls), header hygiene for both directions (RFC 9110 hop-by-hop fields,
-//! credentials), and the deadline for the upstream's response head.
+//! credentials), and the deadline for the upstream's response head. TLS trusts the webpki roots
+//! and the configured `ca_file` certificates.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +15,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::ApiFlavor;
 use crate::error::ProxyError;
@@ -28,6 +32,23 @@ pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-understudy-route
 pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-understudy-shadow");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
+/// The TLS settings of every upstream connection: the webpki (Mozilla) roots plus
+/// `extra_roots`, the certificates of every upstream's `ca_file`. The extra CAs are trusted for
+/// every https upstream of the process, not only the one whose `ca_file` named them: each worker
+/// has one connection pool for all upstreams. Built once, shared by the workers' clients.
+pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<ClientConfig, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // Each was checked as a trust anchor when the configuration was loaded.
+    roots.add_parsable_certificates(extra_roots.iter().cloned());
+    // Named rather than the process default, which is ambiguous if another is compiled in.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// The shared upstream client. Cloning is cheap and shares the connection pool.
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -35,13 +56,14 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// A client with its own connection pool; `tls` from [`tls_config`].
+    pub fn new(connect_timeout: Duration, tls: ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
