@@ -51,37 +51,50 @@ impl Workers {
         F: Fn() -> Proxy + Send + Sync + 'static,
     {
         let make_proxy = Arc::new(make_proxy);
-        let release = CancellationToken::new();
-        let mut senders = Vec::with_capacity(count);
-        let mut threads = Vec::with_capacity(count);
+        let mut workers = Workers {
+            senders: Vec::with_capacity(count),
+            next: 0,
+            threads: Vec::with_capacity(count),
+            release: CancellationToken::new(),
+        };
         for i in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
             let make_proxy = Arc::clone(&make_proxy);
             let connections = connections.clone();
-            let release = release.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("understudy-proxy-{i}"))
-                .spawn(move || {
-                    runtime.block_on(async move {
-                        let proxy = Arc::new(make_proxy());
-                        serve(rx, proxy, &connections).await;
-                        // Accepting is over; this runtime keeps polling its connections and
-                        // mirrors until the server has waited for them.
-                        release.cancelled().await;
-                    });
-                })?;
-            senders.push(tx);
-            threads.push(thread);
+            let release = workers.release.clone();
+            let started = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| {
+                    std::thread::Builder::new()
+                        .name(format!("understudy-proxy-{i}"))
+                        .spawn(move || {
+                            runtime.block_on(async move {
+                                let proxy = Arc::new(make_proxy());
+                                serve(rx, proxy, &connections).await;
+                                // Accepting is over; this runtime keeps polling its connections
+                                // and mirrors until the server has waited for them.
+                                release.cancelled().await;
+                            });
+                        })
+                });
+            match started {
+                Ok(thread) => {
+                    workers.senders.push(tx);
+                    workers.threads.push(thread);
+                }
+                Err(e) => {
+                    // The workers already running have no connection yet: stop them now.
+                    workers.close();
+                    workers.release.cancel();
+                    for t in workers.threads.drain(..) {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Ok(Workers {
-            senders,
-            next: 0,
-            threads,
-            release,
-        })
+        Ok(workers)
     }
 
     /// Hands `conn` to the next worker in turn. A worker that has gone (it can only stop after
