@@ -729,3 +729,47 @@ async fn shutdown_lets_in_flight_streams_finish() {
     assert!(refused.is_err());
     let _ = Fault::Hang;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_serve_concurrent_connections_and_shut_down() {
+    let sim = Sim::start(Behavior::default()).await;
+    let config = CONFIG.replacen("[server]\n", "[server]\nworkers = 3\n", 1);
+    let (server, _dir) = Server::start_with_secrets(
+        &config,
+        &sim.url,
+        &[
+            ("SIM_OPENAI_KEY", OPENAI_SECRET),
+            ("SIM_ANTHROPIC_KEY", ANTHROPIC_SECRET),
+        ],
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", server.proxy);
+    // 12 requests at once, so connections land on every worker (handed out in turn).
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let url = url.clone();
+        all.spawn(async move {
+            let stream = i % 2 == 0;
+            let body = request_for("/v1/chat/completions", "support-bot", "hello there", stream);
+            (stream, post(&url, &body, &[]).await)
+        });
+    }
+    while let Some(done) = all.join_next().await {
+        let (stream, reply) = done.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(reply.body_error.is_none());
+        let text = reply.text();
+        if stream {
+            assert!(text.contains("[DONE]"), "{text}");
+        } else {
+            assert_eq!(reply.json()["model"], "support-bot");
+        }
+    }
+    let m = server.metrics().await;
+    let line = r#"understudy_requests_total{release="1",route="bot",status="200"}"#;
+    assert_eq!(metric_value(&m, line), 12.0, "{m}");
+    // Shutdown stops the workers' threads: it returns.
+    tokio::time::timeout(Duration::from_secs(15), server.shutdown())
+        .await
+        .expect("shutdown with three workers did not finish");
+}
