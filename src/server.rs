@@ -26,7 +26,7 @@ use crate::shadow::Shadow;
 use crate::state::Upstream;
 use crate::store::SqliteStore;
 use crate::upstream::{self, UpstreamClient};
-use crate::workers::{Handoff, Workers};
+use crate::workers::{log_end, Handoff, Workers};
 
 /// Bound on output text kept per observation.
 const OBSERVE_MAX_BYTES: usize = 256 * 1024;
@@ -276,11 +276,6 @@ async fn accept_loop<F, Fut>(
         let conn = builder
             .serve_connection(TokioIo::new(stream), service_fn(handler))
             .into_owned();
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        connections.spawn(log_end(graceful.watch(conn)));
     }
 }

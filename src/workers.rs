@@ -149,7 +149,8 @@ async fn serve(mut rx: mpsc::Receiver<Handoff>, proxy: Arc<Proxy>, connections: 
     }
 }
 
-async fn log_end<E: std::fmt::Display>(conn: impl Future<Output = Result<(), E>>) {
+/// Runs a connection to its end, logging (at debug) how it failed, if it did.
+pub(crate) async fn log_end<E: std::fmt::Display>(conn: impl Future<Output = Result<(), E>>) {
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
