@@ -1,11 +1,13 @@
-# Multi-stage build: the same `cargo build --release --locked` as the README, then a slim,
-# non-root runtime image that runs `understudy serve` with a mounted config.
+# Multi-stage build: the README's `cargo build --release --locked`, without the simulated
+# upstream (`--no-default-features`: no `demo`, no `mock-upstream` in a production image), then a
+# slim, non-root runtime image that runs `understudy serve` with a mounted config.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY sim ./sim
 COPY benches ./benches
-RUN cargo build --release --locked
+RUN cargo build --release --locked --no-default-features
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \

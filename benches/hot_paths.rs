@@ -16,11 +16,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use serde_json::{json, Value};
-use understudy::config::{ApiFlavor, ReleaseSpec};
-use understudy::observe::{ApiShape, Observer};
-use understudy::rewrite::{rewrite_request, ModelRewriter, RequestBody};
-use understudy::sse::{SseReader, StreamEnd};
-use understudy::state::{Release, Upstream};
+use understudy::hot_paths::{
+    rewrite_request, ApiShape, ModelRewriter, Observer, Release, RequestBody, SseReader, StreamEnd,
+    Upstream,
+};
+use understudy::{ApiFlavor, ReleaseSpec};
 
 /// The proxy's bound on output kept per observation (`OBSERVE_MAX_BYTES` in src/server.rs).
 const OBSERVE_MAX_BYTES: usize = 256 * 1024;

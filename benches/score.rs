@@ -9,8 +9,9 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
-use understudy::observe::{FinishReason, Observation};
-use understudy::score::{finish, length, lexical, refusal, score, structure, Weights};
+use understudy::hot_paths::{
+    finish, length, lexical, refusal, score, structure, FinishReason, Observation, Weights,
+};
 
 const WORDS: [&str; 48] = [
     "the", "a", "of", "to", "and", "in", "is", "it", "you", "that", "for", "on", "with", "your",

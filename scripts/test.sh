@@ -27,4 +27,4 @@ if ! command -v prometheus >/dev/null \
   fi
 fi
 
-cargo test --all-targets
+cargo test --workspace --all-targets

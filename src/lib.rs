@@ -1,27 +1,53 @@
 //! Understudy: a reverse proxy for LLM APIs that serves each route from its current release,
 //! mirrors a share of traffic to a candidate release, scores the difference, and rolls back by
 //! itself. See ARCHITECTURE.md for the request's path through these modules.
+//!
+//! # Layout
+//!
+//! Folders by plane, each private; dependencies point one way, from the top of this list to
+//! the bottom (a module imports only from modules below it):
+//!
+//! - `cli`: the command line's work (`serve`, admin commands, `demo`).
+//! - `server`: assembly and lifecycle; the proxy worker threads.
+//! - `admin`: the admin HTTP API and the client the command line uses for it.
+//! - `control`: the controller, the judge, the release lifecycle and the store backends.
+//! - `proxy`: the client's request path as named phases; routing, relay, errors.
+//! - `shadow`: mirror tasks and the scored samples they send to the controller.
+//! - `upstream`: the upstream leg both paths share: pooled client, headers, request rewrite.
+//! - `state`: the immutable snapshot the request path reads; upstreams, releases, budgets.
+//! - `metrics`: Prometheus metrics and the events that both log and count.
+//! - `config`: the TOML file, parsed strictly and checked into typed sections.
+//! - `score`: pure scorers of an answer against the reference answer.
+//! - `observe`: pure assembly of answers from the four APIs' bodies and SSE streams.
+//! - `domain`: the shared vocabulary: body types, phases, triggers, release definitions.
+//!
+//! The items below are what the binary, the integration tests and the benches use.
 
-pub mod admin;
-pub mod cli;
-pub mod config;
-pub mod control;
-pub mod demo;
-pub mod error;
-pub mod judge;
-pub mod lifecycle;
-pub mod metrics;
-pub mod observe;
-pub mod proxy;
-pub mod relay;
-pub mod rewrite;
-pub mod routing;
-pub mod score;
-pub mod server;
-pub mod shadow;
-pub mod sim;
-pub mod sse;
-pub mod state;
-pub mod store;
-pub mod upstream;
-pub mod workers;
+mod admin;
+mod cli;
+mod config;
+mod control;
+mod domain;
+mod metrics;
+mod observe;
+mod proxy;
+mod score;
+mod server;
+mod shadow;
+mod state;
+mod upstream;
+
+pub use cli::{admin_command, check_config, serve, AdminCall};
+#[cfg(feature = "sim")]
+pub use cli::{demo, mock_upstream};
+pub use config::{ApiFlavor, Config};
+pub use domain::{Prices, ReleaseSpec};
+pub use server::{run, Listeners, ServerError};
+
+/// The pure functions of the hot paths, for the benches.
+pub mod hot_paths {
+    pub use crate::observe::{ApiShape, FinishReason, Observation, Observer, SseReader, StreamEnd};
+    pub use crate::score::{finish, length, lexical, refusal, score, structure, Weights};
+    pub use crate::state::{Release, Upstream};
+    pub use crate::upstream::{rewrite_request, ModelRewriter, RequestBody};
+}

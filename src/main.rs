@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use understudy::cli::{self, AdminCall};
-use understudy::config::Config;
+use understudy::{admin_command, check_config, serve, AdminCall};
 
 /// mimalloc: glibc's malloc/free was 8 % of the proxy's CPU under load (benches/README.md).
 #[global_allocator]
@@ -30,6 +29,7 @@ enum Cmd {
         config: PathBuf,
     },
     /// Self-contained demo on simulated upstreams; no API key needed.
+    #[cfg(feature = "sim")]
     Demo {
         /// Proxy port (admin and /metrics on the next one).
         #[arg(long, default_value_t = 8080)]
@@ -71,6 +71,7 @@ enum Cmd {
     /// Make a promoted candidate the new stable.
     Finalize { route: String },
     /// A simulated LLM upstream (OpenAI and Anthropic shapes), for tests and benchmarks.
+    #[cfg(feature = "sim")]
     #[command(hide = true)]
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -81,38 +82,26 @@ enum Cmd {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.cmd {
-        Cmd::CheckConfig { file } => match Config::load(&file) {
-            Ok(cfg) => {
-                cli::say(&format!(
-                    "{}: ok ({} upstreams, {} routes)",
-                    file.display(),
-                    cfg.upstreams.len(),
-                    cfg.routes.len()
-                ));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                cli::complain(&e.to_string());
-                ExitCode::from(2)
-            }
-        },
-        Cmd::Serve { config } => cli::serve(&config),
-        Cmd::Demo { port, exit } => cli::demo(port, exit),
-        Cmd::MockUpstream { listen } => cli::mock_upstream(&listen),
-        Cmd::Status { route, json } => cli::admin(AdminCall::Status { route, json }),
-        Cmd::History { route, json } => cli::admin(AdminCall::History { route, json }),
+        Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Serve { config } => serve(&config),
+        #[cfg(feature = "sim")]
+        Cmd::Demo { port, exit } => understudy::demo(port, exit),
+        #[cfg(feature = "sim")]
+        Cmd::MockUpstream { listen } => understudy::mock_upstream(&listen),
+        Cmd::Status { route, json } => admin_command(AdminCall::Status { route, json }),
+        Cmd::History { route, json } => admin_command(AdminCall::History { route, json }),
         Cmd::Promote {
             route,
             phase,
             share,
-        } => cli::admin(AdminCall::Promote {
+        } => admin_command(AdminCall::Promote {
             route,
             phase,
             share,
         }),
         Cmd::Rollback { route, to, reason } => {
-            cli::admin(AdminCall::Rollback { route, to, reason })
+            admin_command(AdminCall::Rollback { route, to, reason })
         }
-        Cmd::Finalize { route } => cli::admin(AdminCall::Finalize { route }),
+        Cmd::Finalize { route } => admin_command(AdminCall::Finalize { route }),
     }
 }

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use crate::config::Phase;
-use crate::judge::{Judge, Trigger};
-use crate::state::Route;
+use crate::domain::{Phase, Prices, Trigger};
 
 use prometheus::{
     Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -145,7 +143,7 @@ pub struct RequestRecord<'a> {
     pub error_kind: Option<&'static str>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
-    pub prices: Option<crate::config::Prices>,
+    pub prices: Option<Prices>,
     /// The client went away before the response ended.
     pub cancelled: bool,
 }
@@ -230,7 +228,7 @@ impl Metrics {
         release: &str,
         prompt: Option<u64>,
         completion: Option<u64>,
-        prices: Option<crate::config::Prices>,
+        prices: Option<Prices>,
     ) {
         if let Some(n) = prompt {
             self.tokens
@@ -249,11 +247,7 @@ impl Metrics {
 }
 
 /// What the tokens cost at the release's prices; None when nothing was spent.
-fn cost_usd(
-    prompt: Option<u64>,
-    completion: Option<u64>,
-    prices: Option<crate::config::Prices>,
-) -> Option<f64> {
+fn cost_usd(prompt: Option<u64>, completion: Option<u64>, prices: Option<Prices>) -> Option<f64> {
     let p = prices?;
     let usd = prompt.unwrap_or(0) as f64 * p.prompt_per_mtok / 1e6
         + completion.unwrap_or(0) as f64 * p.completion_per_mtok / 1e6;
@@ -280,47 +274,65 @@ impl Metrics {
     }
 
     /// The judge took a sample: its figures as gauges.
-    pub fn judged(&self, route: &str, judge: &Judge) {
-        if let Some(q) = judge.quality() {
+    pub fn judged(&self, route: &str, figures: &JudgeFigures) {
+        if let Some(q) = figures.quality {
             self.quality.with_label_values(&[route]).set(q);
         }
-        if let Some(f) = judge.noise_floor() {
+        if let Some(f) = figures.noise_floor {
             self.noise_floor.with_label_values(&[route]).set(f);
         }
         self.samples
             .with_label_values(&[route])
-            .set(judge.samples() as i64);
+            .set(figures.samples as i64);
     }
 
     /// A route's phase, serving release and threshold, after every published change.
-    pub fn route_state(&self, route: &Route) {
+    pub fn route_state(&self, route: &RouteGauges<'_>) {
         for phase in Phase::ALL {
-            let on = i64::from(phase == route.phase);
+            let on = i64::from(*phase == route.phase);
             self.route_phase
-                .with_label_values(&[&route.name, phase.as_str()])
+                .with_label_values(&[route.name, phase.as_str()])
                 .set(on);
         }
         self.serving_release
-            .with_label_values(&[&route.name])
-            .set(i64::from(route.serving().version));
+            .with_label_values(&[route.name])
+            .set(i64::from(route.serving));
         self.threshold
-            .with_label_values(&[&route.name])
-            .set(route.policy.rollback.threshold);
+            .with_label_values(&[route.name])
+            .set(route.threshold);
         // Every rollback counter exists from the start, at 0, so that a route's first rollback is
         // an increase Prometheus sees (a series born at 1 is no change to increase/changes).
-        for trigger in [
-            Trigger::Quality,
-            Trigger::Errors,
-            Trigger::Alert,
-            Trigger::Manual,
-        ] {
+        for trigger in Trigger::ALL {
             self.rollbacks
-                .with_label_values(&[&route.name, trigger.as_str()])
+                .with_label_values(&[route.name, trigger.as_str()])
                 .inc_by(0);
         }
-        if route.candidate.is_none() {
-            let _ = self.quality.remove_label_values(&[&route.name]);
-            let _ = self.samples.remove_label_values(&[&route.name]);
+        if !route.has_candidate {
+            let _ = self.quality.remove_label_values(&[route.name]);
+            let _ = self.samples.remove_label_values(&[route.name]);
         }
     }
+}
+
+/// A judge's figures for the gauges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JudgeFigures {
+    /// Candidate quality, once it can be judged.
+    pub quality: Option<f64>,
+    /// The noise floor, once it is trusted.
+    pub noise_floor: Option<f64>,
+    /// Candidate samples in the window.
+    pub samples: usize,
+}
+
+/// A route's state for the gauges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteGauges<'a> {
+    pub name: &'a str,
+    pub phase: Phase,
+    /// Version of the release that serves the route's traffic.
+    pub serving: u32,
+    /// `rollback.threshold`.
+    pub threshold: f64,
+    pub has_candidate: bool,
 }

@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use support::{Sim, TOKEN};
-use understudy::sim::Behavior;
+use understudy_sim::Behavior;
 
 /// Kill-and-restart cycles of the durability test.
 const ROUNDS: u32 = 25;

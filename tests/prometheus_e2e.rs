@@ -36,7 +36,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use support::{client, Server, Sim, TOKEN};
-use understudy::sim::{Behavior, Style};
+use understudy_sim::{Behavior, Style};
 
 const ROUTE: &str = "bot";
 const ALIAS: &str = "support-bot";

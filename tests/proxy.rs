@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
 use support::*;
-use understudy::sim::{Behavior, Fault};
+use understudy_sim::{Behavior, Fault};
 
 const CONFIG: &str = r#"
 [server]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
 use support::*;
-use understudy::sim::{Behavior, Fault, Style};
+use understudy_sim::{Behavior, Fault, Style};
 
 const STABLE: &str = "stable-2024-08-06";
 const CANDIDATE: &str = "candidate-2024-11-20";

@@ -20,7 +20,7 @@ use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
-use understudy::sim::Behavior;
+use understudy_sim::Behavior;
 
 const MODEL: &str = "sim-tls-2024-08-06";
 

@@ -17,9 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use understudy::config::Config;
-use understudy::server::{run, Listeners};
-use understudy::sim::{Behavior, SimUpstream};
+use understudy::Config;
+use understudy::{run, Listeners};
+use understudy_sim::{Behavior, SimUpstream};
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -65,7 +65,7 @@ pub struct Server {
     pub proxy: String,
     pub admin: String,
     stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<Result<(), understudy::server::ServerError>>>,
+    pub task: Option<JoinHandle<Result<(), understudy::ServerError>>>,
 }
 
 impl Server {

@@ -1,114 +1,16 @@
-//! The upstream leg: one pooled keep-alive HTTP client (HTTP/1.1 and HTTP/2, `http://` and
-//! `https://` through rustls), header hygiene for both directions (RFC 9110 hop-by-hop fields,
-//! credentials), and the deadline for the upstream's response head. TLS trusts the webpki roots
-//! and the configured `ca_file` certificates.
+//! Header hygiene for both directions: RFC 9110 hop-by-hop fields, the proxy's own
+//! `x-understudy-*` fields, and the upstream's credential in place of the client's.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Request;
-use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::ApiFlavor;
-use crate::error::ProxyError;
 use crate::state::Upstream;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Body type of every request and response the proxy sends.
-pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Request header that names a route explicitly; consumed by the proxy, never forwarded.
 pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-understudy-route");
 /// Marks requests the proxy mirrored, so upstream logs can tell them apart.
 pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-understudy-shadow");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// The TLS settings of every upstream connection: the webpki (Mozilla) roots plus
-/// `extra_roots`, the certificates of every upstream's `ca_file`. The extra CAs are trusted for
-/// every https upstream of the process, not only the one whose `ca_file` named them: each worker
-/// has one connection pool for all upstreams. Built once, shared by the workers' clients.
-pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<ClientConfig, rustls::Error> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    // Each was checked as a trust anchor when the configuration was loaded.
-    roots.add_parsable_certificates(extra_roots.iter().cloned());
-    // Named rather than the process default, which is ambiguous if another is compiled in.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// The shared upstream client. Cloning is cheap and shares the connection pool.
-#[derive(Clone)]
-pub struct UpstreamClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
-}
-
-impl UpstreamClient {
-    /// A client with its own connection pool; `tls` from [`tls_config`].
-    pub fn new(connect_timeout: Duration, tls: ClientConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        UpstreamClient { client }
-    }
-
-    /// Sends `req` and waits at most `timeout` for the response head.
-    pub async fn send(
-        &self,
-        upstream: &Upstream,
-        req: Request<Body>,
-        timeout: Duration,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(ProxyError::UpstreamConnect {
-                upstream: upstream.name.clone(),
-                reason: describe(&e),
-            }),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                upstream: upstream.name.clone(),
-                secs: timeout.as_secs(),
-            }),
-        }
-    }
-}
-
-/// A short cause for a client error, without URLs (which could carry credentials).
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut cause: &dyn Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    if e.is_connect() {
-        format!("connect failed ({cause})")
-    } else {
-        cause.to_string()
-    }
-}
 
 /// The fields that never cross a proxy (RFC 9110 section 7.6.1, plus the classic ones).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -183,13 +85,6 @@ pub fn outbound_headers(mut headers: HeaderMap, upstream: &Upstream, managed: bo
         headers.insert(name, cred.clone());
     }
     headers
-}
-
-/// A complete body.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 /// A `HeaderValue` for a small decimal number (release versions).

@@ -14,14 +14,16 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use understudy_sim::{Behavior, SimUpstream, Style};
+
+use crate::admin::AdminClient;
 use crate::config::Config;
 use crate::server::{run, Listeners, ServerError};
-use crate::sim::{Behavior, SimUpstream, Style};
 
 const STABLE_MODEL: &str = "sim-stable-2024-08-06";
 const CANDIDATE_MODEL: &str = "sim-candidate-2024-11-20";
@@ -276,21 +278,17 @@ async fn traffic(
     inflight.wait().await;
 }
 
-async fn admin_call(
-    admin: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    crate::cli::request(admin, Some(TOKEN), method, path, body).await
-}
-
 /// Walks the candidate through the phases, degrades it, and waits for the rollback, printing
 /// a status line every second.
 async fn scenario(admin: &str, sim: &SimUpstream, out: Arc<impl Fn(&str)>) -> Result<(), String> {
+    let admin = AdminClient::new(admin, Some(TOKEN));
+    let admin = &admin;
     let started = Instant::now();
     let status = || async {
-        let v = admin_call(admin, Method::GET, "/admin/routes/support-bot", None).await?;
+        let v = admin
+            .route("support-bot")
+            .await
+            .map_err(|e| e.to_string())?;
         let f = |k: &str| {
             v[k].as_f64()
                 .map_or("  -  ".to_string(), |x| format!("{x:.3}"))
@@ -308,13 +306,14 @@ async fn scenario(admin: &str, sim: &SimUpstream, out: Arc<impl Fn(&str)>) -> Re
         Ok::<_, String>((v, line))
     };
     let promote = |phase: &'static str, share: f64| async move {
-        admin_call(
-            admin,
-            Method::POST,
-            "/admin/routes/support-bot/promote",
-            Some(json!({"phase": phase, "share": share})),
-        )
-        .await?;
+        admin
+            .change(
+                "support-bot",
+                "promote",
+                json!({"phase": phase, "share": share}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     };
     // (seconds after start, step)

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use http::{HeaderName, Uri};
@@ -19,6 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
+
+use crate::domain::{Phase, Prices, ReleaseSpec};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,50 +140,6 @@ pub struct CaFile {
     pub certs: Vec<CertificateDer<'static>>,
 }
 
-/// The phase of a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// No candidate; stable serves everything.
-    Stable,
-    /// Stable serves everything; `share` is mirrored to the candidate.
-    Shadow,
-    /// The candidate serves `share` of the traffic; stable is mirrored on those requests.
-    Canary,
-    /// The candidate serves everything; stable is mirrored on `share` of requests.
-    Promoted,
-}
-
-impl Phase {
-    /// Every phase, in order.
-    pub const ALL: [Phase; 4] = [Phase::Stable, Phase::Shadow, Phase::Canary, Phase::Promoted];
-
-    /// The name used in the configuration, the admin API and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Stable => "stable",
-            Phase::Shadow => "shadow",
-            Phase::Canary => "canary",
-            Phase::Promoted => "promoted",
-        }
-    }
-}
-
-/// A string that is not one of the four phases.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown phase {0:?}: expected one of stable, shadow, canary, promoted")]
-pub struct UnknownPhase(pub String);
-
-impl FromStr for Phase {
-    type Err = UnknownPhase;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|phase| phase.as_str() == s)
-            .ok_or_else(|| UnknownPhase(s.to_owned()))
-    }
-}
-
 /// What keeps a user on the same side of a canary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StickyKey {
@@ -215,33 +172,6 @@ pub struct RouteConfig {
     pub scoring: ScoringConfig,
     /// `[routes.NAME.rollback]`.
     pub rollback: RollbackConfig,
-}
-
-/// How a route's requests are served by one release.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReleaseSpec {
-    /// `label`, e.g. "v3".
-    pub label: Option<String>,
-    /// `upstream`: the name of an upstream.
-    pub upstream: String,
-    /// `model`: the real, pinned model name.
-    pub model: String,
-    /// `system_prompt`, or the contents of `system_prompt_file` (trailing whitespace removed).
-    pub system_prompt: Option<String>,
-    /// `params`: request parameters to override, converted to JSON.
-    pub params: serde_json::Map<String, serde_json::Value>,
-    /// `prices`, USD per million tokens.
-    pub prices: Option<Prices>,
-}
-
-/// Token prices of a release, USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Prices {
-    /// `prompt_per_mtok`.
-    pub prompt_per_mtok: f64,
-    /// `completion_per_mtok`.
-    pub completion_per_mtok: f64,
 }
 
 /// `[routes.NAME.shadow]`: limits on mirrored traffic.
@@ -525,8 +455,6 @@ mod raw {
 const ROOT_KEYS: [&str; 5] = ["server", "admin", "store", "upstreams", "routes"];
 const DEFAULT_SHARE: f64 = 0.05;
 const DEFAULT_STORE_PATH: &str = "data/understudy.db";
-/// Parameters the proxy sets itself.
-const RESERVED_PARAMS: [&str; 3] = ["model", "messages", "stream"];
 const MAX_KEPT_SAMPLES: usize = 10_000;
 const MAX_WORKERS: usize = 1024;
 
@@ -867,7 +795,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        let phase = match top.phase.as_deref().map(Phase::from_str) {
+        let phase = match top.phase.as_deref().map(str::parse::<Phase>) {
             None => Some(Phase::Stable),
             Some(Ok(phase)) => Some(phase),
             Some(Err(e)) => {
@@ -951,28 +879,7 @@ impl<'a> Checker<'a> {
         let key = |k| ["routes", route, which, k];
 
         let upstream = self.required_string(&key("upstream"), raw.upstream);
-        if let Some(upstream) = upstream.as_deref().filter(|u| !upstreams.contains(u)) {
-            let known: Vec<&str> = upstreams.iter().copied().collect();
-            self.report(
-                &key("upstream"),
-                format!(
-                    "unknown upstream {upstream:?} (configured: {})",
-                    known.join(", ")
-                ),
-            );
-        }
         let model = self.required_string(&key("model"), raw.model);
-        if let Some(model) = model.as_deref() {
-            if model.to_ascii_lowercase().contains("latest") {
-                self.report(
-                    &key("model"),
-                    format!(
-                        "{model:?} is not pinned: use a dated version (e.g. gpt-4o-2024-08-06) \
-                         so that a release always means the same model"
-                    ),
-                );
-            }
-        }
         let system_prompt = match (raw.system_prompt, raw.system_prompt_file) {
             (Some(_), Some(_)) => {
                 self.report(
@@ -984,32 +891,48 @@ impl<'a> Checker<'a> {
             (None, Some(file)) => self.prompt_file(&key("system_prompt_file"), &file),
             (prompt, None) => prompt,
         };
-        let params = self.params(&key("params"), raw.params.unwrap_or_default());
-        if let Some(prices) = raw.prices {
-            for (name, price) in [
-                ("prompt_per_mtok", prices.prompt_per_mtok),
-                ("completion_per_mtok", prices.completion_per_mtok),
-            ] {
-                if !(price.is_finite() && price >= 0.0) {
-                    self.report(
-                        &["routes", route, which, "prices", name],
-                        format!("must be a number >= 0, got {price}"),
-                    );
-                }
-            }
-        }
-
-        if self.problems.len() != before {
-            return None;
-        }
-        Some(ReleaseSpec {
+        let (params, mut param_problems) = self.params(raw.params.unwrap_or_default());
+        let spec = ReleaseSpec {
             label: raw.label,
-            upstream: upstream?,
-            model: model?,
+            upstream: upstream.unwrap_or_default(),
+            model: model.unwrap_or_default(),
             system_prompt,
             params,
             prices: raw.prices,
-        })
+        };
+        // The one validation of a release, shared with the admin API. A missing field was
+        // reported above already; parameter problems are said in the table's order together
+        // with the ones found converting them.
+        let mut rest = Vec::new();
+        for problem in spec.problems(upstreams.iter().copied()) {
+            match problem.key.as_slice() {
+                [field] if field == "upstream" && spec.upstream.is_empty() => {}
+                [field] if field == "model" && spec.model.trim().is_empty() => {}
+                [params, name] if params == "params" => {
+                    param_problems.push((name.clone(), problem.message));
+                }
+                _ => rest.push(problem),
+            }
+        }
+        param_problems.sort_by(|a, b| a.0.cmp(&b.0));
+        let (first, last): (Vec<_>, Vec<_>) = rest.into_iter().partition(|p| {
+            matches!(
+                p.key.first().map(String::as_str),
+                Some("upstream" | "model")
+            )
+        });
+        for p in first {
+            self.report(&["routes", route, which, &p.key[0]], p.message);
+        }
+        for (name, message) in param_problems {
+            self.report(&["routes", route, which, "params", &name], message);
+        }
+        for p in last {
+            let mut path = vec!["routes", route, which];
+            path.extend(p.key.iter().map(String::as_str));
+            self.report(&path, p.message);
+        }
+        (self.problems.len() == before).then_some(spec)
     }
 
     fn prompt_file(&mut self, path: &[&str], file: &str) -> Option<String> {
@@ -1026,30 +949,25 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The release's parameters as JSON, and the ones that cannot be (name, problem).
     fn params(
         &mut self,
-        path: &[&str],
         params: toml::Table,
-    ) -> serde_json::Map<String, serde_json::Value> {
+    ) -> (
+        serde_json::Map<String, serde_json::Value>,
+        Vec<(String, String)>,
+    ) {
         let mut json = serde_json::Map::new();
+        let mut problems = Vec::new();
         for (name, value) in params {
-            let mut key = path.to_vec();
-            key.push(&name);
-            if RESERVED_PARAMS.contains(&name.as_str()) {
-                self.report(
-                    &key,
-                    "is set by the proxy and cannot be a release parameter",
-                );
-                continue;
-            }
             match toml_to_json(value) {
                 Ok(value) => {
                     json.insert(name, value);
                 }
-                Err(problem) => self.report(&key, problem),
+                Err(problem) => problems.push((name, problem.to_owned())),
             }
         }
-        json
+        (json, problems)
     }
 
     fn shadow(
@@ -1770,18 +1688,6 @@ auto = true                             # false: alert-only, rollback only by al
             config.routes["r"].sticky_key,
             Some(StickyKey::Header(HeaderName::from_static("x-user-id")))
         );
-    }
-
-    #[test]
-    fn phase_names_round_trip() {
-        for phase in Phase::ALL {
-            assert_eq!(phase.as_str().parse::<Phase>(), Ok(phase));
-        }
-        assert_eq!(
-            "rolled_back".parse::<Phase>(),
-            Err(UnknownPhase("rolled_back".into()))
-        );
-        assert!("Shadow".parse::<Phase>().is_err());
     }
 
     #[test]

@@ -17,16 +17,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod workers;
+
+use workers::{log_end, Handoff, Workers};
+
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::control::Controller;
+use crate::control::{Controller, SqliteStore};
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
 use crate::state::Upstream;
-use crate::store::SqliteStore;
 use crate::upstream::{self, UpstreamClient};
-use crate::workers::{log_end, Handoff, Workers};
 
 /// Bound on output text kept per observation.
 const OBSERVE_MAX_BYTES: usize = 256 * 1024;
@@ -163,7 +165,6 @@ pub async fn run(
         }
     })?;
     let admin = Arc::new(Admin {
-        state,
         metrics,
         control: control_tx,
         token,
@@ -266,7 +267,7 @@ async fn accept_loop<F, Fut>(
     handler: F,
 ) where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<hyper::Response<crate::upstream::Body>, std::convert::Infallible>>
+    Fut: Future<Output = Result<hyper::Response<crate::domain::Body>, std::convert::Infallible>>
         + Send
         + 'static,
 {

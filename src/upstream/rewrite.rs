@@ -405,7 +405,8 @@ fn find_model_value(text: &[u8]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ApiFlavor, ReleaseSpec};
+    use crate::config::ApiFlavor;
+    use crate::domain::ReleaseSpec;
     use crate::state::Upstream;
     use std::sync::Arc;
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::sse::{SseReader, StreamEnd};
+mod sse;
+
+pub use sse::{SseReader, StreamEnd};
 
 /// Which API a request speaks; decides how its body and output are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +71,17 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The reason's name: OpenAI's spelling for the four known ones, the API's own otherwise.
+    pub fn name(&self) -> &str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Other(other) => other,
+        }
+    }
+
     /// Reads an OpenAI chat or completions `finish_reason`.
     fn from_openai(reason: &str) -> Self {
         match reason {
@@ -125,6 +138,17 @@ pub enum Failure {
     /// SSE, a stream that ended without its terminal event, an `error` event
     /// in the stream.
     Malformed,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Status(status) => write!(f, "status {status}"),
+            Failure::Timeout => f.write_str("timeout"),
+            Failure::Transport => f.write_str("transport"),
+            Failure::Malformed => f.write_str("malformed"),
+        }
+    }
 }
 
 /// What a response said and how it went.

@@ -14,11 +14,11 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
+use crate::domain::BoxError;
 use crate::metrics::{Metrics, RequestRecord, NO_RELEASE, UNROUTED};
 use crate::observe::{Failure, Observation, Observer};
-use crate::rewrite::ModelRewriter;
 use crate::state::{Release, Route};
-use crate::upstream::BoxError;
+use crate::upstream::ModelRewriter;
 
 /// Who the finished request is reported to.
 pub struct Completion {

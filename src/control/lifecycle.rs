@@ -3,9 +3,9 @@
 //! and returns the [`Transition`] to commit (or why not); the controller commits it, then
 //! publishes the new snapshot. No I/O here.
 
-use crate::config::{Phase, ReleaseSpec, RouteConfig};
-use crate::judge::Trigger;
-use crate::store::{EventRecord, ReleaseRecord, RouteRecord, Transition};
+use super::store::{EventRecord, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, Transition};
+use crate::config::RouteConfig;
+use crate::domain::{EventKind, Phase, ReleaseSpec, ReleaseState, Trigger};
 
 /// A route's state and every release it ever had (ordered by version).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,22 +36,21 @@ impl RouteHistory {
 
     /// The release that serves when the candidate is not chosen.
     pub fn serving(&self) -> u32 {
-        match (self.record.phase.as_str(), self.record.candidate) {
-            ("promoted", Some(c)) => c,
-            _ => self.record.stable,
-        }
+        self.record
+            .phase
+            .serving(self.record.stable, self.record.candidate)
     }
 
     /// A release's state for history listings.
-    pub fn state_of(&self, r: &ReleaseRecord) -> &'static str {
+    pub fn state_of(&self, r: &ReleaseRecord) -> ReleaseState {
         if Some(r.version) == self.record.candidate {
-            "candidate"
+            ReleaseState::Candidate
         } else if r.version == self.record.stable {
-            "stable"
+            ReleaseState::Stable
         } else if r.rolled_back.is_some() {
-            "rolled_back"
+            ReleaseState::RolledBack
         } else {
-            "retired"
+            ReleaseState::Retired
         }
     }
 }
@@ -66,20 +65,18 @@ pub fn record_of(route: &str, version: u32, spec: &ReleaseSpec, now_ms: i64) -> 
         model: spec.model.clone(),
         system_prompt: spec.system_prompt.clone(),
         params: spec.params.clone(),
-        prices: spec
-            .prices
-            .map(|p| (p.prompt_per_mtok, p.completion_per_mtok)),
+        prices: spec.prices,
         created_at_ms: now_ms,
         rolled_back: None,
     }
 }
 
-fn event(route: &str, now_ms: i64, kind: &str) -> EventRecord {
+fn event(route: &str, now_ms: i64, kind: EventKind) -> EventRecord {
     EventRecord {
         id: 0,
         route: route.to_string(),
         at_ms: now_ms,
-        kind: kind.to_string(),
+        kind,
         from_version: None,
         to_version: None,
         phase: None,
@@ -100,18 +97,18 @@ pub fn publish(h: &RouteHistory, spec: &ReleaseSpec, now_ms: i64) -> Transition 
         t.events.push(EventRecord {
             from_version: Some(old),
             to_version: Some(version),
-            ..event(route, now_ms, "superseded")
+            ..event(route, now_ms, EventKind::Superseded)
         });
     }
     rec.candidate = Some(version);
-    rec.phase = Phase::Shadow.as_str().to_string();
+    rec.phase = Phase::Shadow;
     rec.updated_at_ms = now_ms;
     t.new_releases.push(record_of(route, version, spec, now_ms));
     t.events.push(EventRecord {
         to_version: Some(version),
-        phase: Some(rec.phase.clone()),
+        phase: Some(rec.phase),
         share: Some(rec.share),
-        ..event(route, now_ms, "published")
+        ..event(route, now_ms, EventKind::Published)
     });
     t.route = Some(rec);
     t
@@ -143,16 +140,16 @@ pub fn promote(
         }
     }
     let mut rec = h.record.clone();
-    rec.phase = phase.as_str().to_string();
+    rec.phase = phase;
     rec.share = share.unwrap_or(rec.share);
     rec.updated_at_ms = now_ms;
     let mut t = Transition::default();
     t.events.push(EventRecord {
         from_version: Some(h.serving()),
         to_version: Some(candidate),
-        phase: Some(rec.phase.clone()),
+        phase: Some(rec.phase),
         share: Some(rec.share),
-        ..event(&rec.route, now_ms, "promoted")
+        ..event(&rec.route, now_ms, EventKind::Promoted)
     });
     t.route = Some(rec);
     Ok(t)
@@ -192,27 +189,34 @@ pub fn rollback(
     let mut rec = h.record.clone();
     if let Some(c) = rec.candidate.filter(|c| *c != target) {
         t.rolled_back.push((
-            route.clone(),
-            c,
-            now_ms,
-            trigger.as_str().to_string(),
-            reason.to_string(),
+            ReleaseKey {
+                route: route.clone(),
+                version: c,
+            },
+            RolledBack {
+                at_ms: now_ms,
+                trigger,
+                reason: reason.to_string(),
+            },
         ));
     }
     if h.release(target).is_some_and(|r| r.rolled_back.is_some()) {
-        t.revived.push((route.clone(), target));
+        t.revived.push(ReleaseKey {
+            route: route.clone(),
+            version: target,
+        });
     }
     rec.stable = target;
     rec.candidate = None;
-    rec.phase = Phase::Stable.as_str().to_string();
+    rec.phase = Phase::Stable;
     rec.updated_at_ms = now_ms;
     t.events.push(EventRecord {
         from_version: Some(h.serving()),
         to_version: Some(target),
-        phase: Some(rec.phase.clone()),
-        trigger: Some(trigger.as_str().to_string()),
+        phase: Some(rec.phase),
+        trigger: Some(trigger),
         reason: Some(reason.to_string()),
-        ..event(route, now_ms, "rolled_back")
+        ..event(route, now_ms, EventKind::RolledBack)
     });
     t.route = Some(rec);
     Ok(Some(t))
@@ -221,7 +225,7 @@ pub fn rollback(
 /// A promoted candidate becomes the new stable.
 pub fn finalize(h: &RouteHistory, now_ms: i64) -> Result<Transition, Refused> {
     let route = &h.record.route;
-    let (Some(candidate), "promoted") = (h.record.candidate, h.record.phase.as_str()) else {
+    let (Some(candidate), Phase::Promoted) = (h.record.candidate, h.record.phase) else {
         return Err(Refused::Conflict(format!(
             "route {route} has no promoted candidate (phase {}); promote it first",
             h.record.phase
@@ -230,14 +234,14 @@ pub fn finalize(h: &RouteHistory, now_ms: i64) -> Result<Transition, Refused> {
     let mut rec = h.record.clone();
     rec.stable = candidate;
     rec.candidate = None;
-    rec.phase = Phase::Stable.as_str().to_string();
+    rec.phase = Phase::Stable;
     rec.updated_at_ms = now_ms;
     let mut t = Transition::default();
     t.events.push(EventRecord {
         from_version: Some(h.record.stable),
         to_version: Some(candidate),
-        phase: Some(rec.phase.clone()),
-        ..event(route, now_ms, "finalized")
+        phase: Some(rec.phase),
+        ..event(route, now_ms, EventKind::Finalized)
     });
     t.route = Some(rec);
     Ok(t)
@@ -264,15 +268,15 @@ pub fn reconcile(cfg: &RouteConfig, h: Option<&RouteHistory>, now_ms: i64) -> Op
             .push(record_of(route, 1, &cfg.stable, now_ms));
         t.events.push(EventRecord {
             to_version: Some(1),
-            ..event(route, now_ms, "configured")
+            ..event(route, now_ms, EventKind::Configured)
         });
         let candidate = cfg.candidate.as_ref().map(|c| {
             t.new_releases.push(record_of(route, 2, c, now_ms));
             t.events.push(EventRecord {
                 to_version: Some(2),
-                phase: Some(cfg.phase.as_str().to_string()),
+                phase: Some(cfg.phase),
                 share: Some(cfg.share),
-                ..event(route, now_ms, "published")
+                ..event(route, now_ms, EventKind::Published)
             });
             2
         });
@@ -282,9 +286,7 @@ pub fn reconcile(cfg: &RouteConfig, h: Option<&RouteHistory>, now_ms: i64) -> Op
                 cfg.phase
             } else {
                 Phase::Stable
-            }
-            .as_str()
-            .to_string(),
+            },
             share: cfg.share,
             stable: 1,
             candidate,
@@ -306,7 +308,7 @@ pub fn reconcile(cfg: &RouteConfig, h: Option<&RouteHistory>, now_ms: i64) -> Op
             from_version: Some(rec.stable),
             to_version: Some(next),
             reason: Some("stable definition changed in the configuration".into()),
-            ..event(route, now_ms, "configured")
+            ..event(route, now_ms, EventKind::Configured)
         });
         rec.stable = next;
         next += 1;
@@ -316,19 +318,19 @@ pub fn reconcile(cfg: &RouteConfig, h: Option<&RouteHistory>, now_ms: i64) -> Op
             t.events.push(EventRecord {
                 from_version: Some(old),
                 to_version: Some(next),
-                ..event(route, now_ms, "superseded")
+                ..event(route, now_ms, EventKind::Superseded)
             });
         }
         t.new_releases.push(record_of(route, next, c, now_ms));
         t.events.push(EventRecord {
             to_version: Some(next),
-            phase: Some(cfg.phase.as_str().to_string()),
+            phase: Some(cfg.phase),
             share: Some(cfg.share),
             reason: Some("candidate definition from the configuration".into()),
-            ..event(route, now_ms, "published")
+            ..event(route, now_ms, EventKind::Published)
         });
         rec.candidate = Some(next);
-        rec.phase = cfg.phase.as_str().to_string();
+        rec.phase = cfg.phase;
         rec.share = cfg.share;
     }
     if t.new_releases.is_empty() {
@@ -357,13 +359,13 @@ impl RouteHistory {
         if let Some(rec) = &t.route {
             self.record = rec.clone();
         }
-        for (_, version, at, trigger, reason) in &t.rolled_back {
-            if let Some(r) = self.releases.iter_mut().find(|r| r.version == *version) {
-                r.rolled_back = Some((*at, trigger.clone(), reason.clone()));
+        for (key, rolled_back) in &t.rolled_back {
+            if let Some(r) = self.releases.iter_mut().find(|r| r.version == key.version) {
+                r.rolled_back = Some(rolled_back.clone());
             }
         }
-        for (_, version) in &t.revived {
-            if let Some(r) = self.releases.iter_mut().find(|r| r.version == *version) {
+        for key in &t.revived {
+            if let Some(r) = self.releases.iter_mut().find(|r| r.version == key.version) {
                 r.rolled_back = None;
             }
         }
@@ -397,9 +399,9 @@ mod tests {
     }
 
     fn state(h: &RouteHistory) -> (String, u32, Option<u32>, Vec<&'static str>) {
-        let states = h.releases.iter().map(|r| h.state_of(r)).collect();
+        let states = h.releases.iter().map(|r| h.state_of(r).as_str()).collect();
         (
-            h.record.phase.clone(),
+            h.record.phase.to_string(),
             h.record.stable,
             h.record.candidate,
             states,
@@ -436,7 +438,10 @@ mod tests {
             .unwrap();
         h.apply(&t);
         assert_eq!(state(&h), st("stable", 1, None, &["stable", "rolled_back"]));
-        assert_eq!(h.releases[1].rolled_back.as_ref().unwrap().1, "quality");
+        assert_eq!(
+            h.releases[1].rolled_back.as_ref().unwrap().trigger,
+            Trigger::Quality
+        );
         assert!(
             reconcile(&cfg, Some(&h), 3).is_none(),
             "restart with the same config revived it"
@@ -519,7 +524,13 @@ mod tests {
         let t = rollback(&h, Some(3), Trigger::Manual, "it was fine", 7)
             .unwrap()
             .unwrap();
-        assert_eq!(t.revived, vec![("r".to_string(), 3)]);
+        assert_eq!(
+            t.revived,
+            vec![ReleaseKey {
+                route: "r".into(),
+                version: 3
+            }]
+        );
         h.apply(&t);
         assert_eq!(
             state(&h),

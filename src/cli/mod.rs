@@ -5,23 +5,21 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use crate::admin::AdminClient;
 use crate::config::Config;
 use crate::server::{run, Listeners};
 
-pub fn say(msg: &str) {
+#[cfg(feature = "sim")]
+mod demo;
+
+fn say(msg: &str) {
     println!("{msg}");
 }
 
-pub fn complain(msg: &str) {
+fn complain(msg: &str) {
     eprintln!("understudy: {msg}");
 }
 
@@ -43,7 +41,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Logs as key=value lines on stderr; `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
+fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -76,6 +74,25 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `understudy check-config FILE`: every problem with its key and line, exit code 2 if any.
+pub fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            say(&format!(
+                "{}: ok ({} upstreams, {} routes)",
+                path.display(),
+                cfg.upstreams.len(),
+                cfg.routes.len()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            complain(&e.to_string());
+            ExitCode::from(2)
+        }
+    }
+}
+
 pub fn serve(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -103,13 +120,14 @@ pub fn serve(path: &Path) -> ExitCode {
     exit_code(result)
 }
 
-/// `understudy demo`: see [`crate::demo`].
+/// `understudy demo`: see the `demo` module.
+#[cfg(feature = "sim")]
 pub fn demo(port: u16, exit: bool) -> ExitCode {
     if std::env::var_os("RUST_LOG").is_some() {
         init_logging();
     }
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(crate::demo::demo(port, exit, shutdown_signal(), say))
+        rt.block_on(demo::demo(port, exit, shutdown_signal(), say))
             .map_err(|e| e.to_string())
     });
     exit_code(result)
@@ -117,6 +135,7 @@ pub fn demo(port: u16, exit: bool) -> ExitCode {
 
 /// Serves the simulated upstream (every model answers with the default behaviour) until Ctrl-C.
 /// Prints `listening on ADDR` once bound, for scripts that start it on port 0.
+#[cfg(feature = "sim")]
 pub fn mock_upstream(listen: &str) -> ExitCode {
     init_logging();
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
@@ -126,7 +145,7 @@ pub fn mock_upstream(listen: &str) -> ExitCode {
                 .map_err(|e| format!("bind {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             say(&format!("listening on {addr}"));
-            let sim = crate::sim::SimUpstream::new(crate::sim::Behavior::default());
+            let sim = understudy_sim::SimUpstream::new(understudy_sim::Behavior::default());
             sim.serve(listener, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
@@ -161,7 +180,7 @@ pub enum AdminCall {
 }
 
 /// Runs an admin command against `UNDERSTUDY_ADMIN_URL` with `UNDERSTUDY_ADMIN_TOKEN`.
-pub fn admin(call: AdminCall) -> ExitCode {
+pub fn admin_command(call: AdminCall) -> ExitCode {
     let base =
         std::env::var("UNDERSTUDY_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
     let token = std::env::var("UNDERSTUDY_ADMIN_TOKEN").ok();
@@ -172,45 +191,11 @@ pub fn admin(call: AdminCall) -> ExitCode {
 }
 
 async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<String, String> {
-    let seg = |r: &str| percent_encode(r);
-    match call {
-        AdminCall::Status { route: None, json } => {
-            let v = request(base, token, Method::GET, "/admin/routes", None).await?;
-            let routes = v["routes"].as_array().cloned().unwrap_or_default();
-            Ok(if json {
-                pretty(&v)
-            } else {
-                status_table(&routes)
-            })
-        }
-        AdminCall::Status {
-            route: Some(r),
-            json,
-        } => {
-            let v = request(
-                base,
-                token,
-                Method::GET,
-                &format!("/admin/routes/{}", seg(&r)),
-                None,
-            )
-            .await?;
-            Ok(if json {
-                pretty(&v)
-            } else {
-                status_table(std::slice::from_ref(&v))
-            })
-        }
-        AdminCall::History { route, json } => {
-            let v = request(
-                base,
-                token,
-                Method::GET,
-                &format!("/admin/routes/{}", seg(&route)),
-                None,
-            )
-            .await?;
-            Ok(if json { pretty(&v) } else { history_table(&v) })
+    let client = AdminClient::new(base, token);
+    let v = match &call {
+        AdminCall::Status { route: None, .. } => client.routes().await,
+        AdminCall::Status { route: Some(r), .. } | AdminCall::History { route: r, .. } => {
+            client.route(r).await
         }
         AdminCall::Promote {
             route,
@@ -221,106 +206,31 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
             if let Some(s) = share {
                 body["share"] = json!(s);
             }
-            let v = request(
-                base,
-                token,
-                Method::POST,
-                &format!("/admin/routes/{}/promote", seg(&route)),
-                Some(body),
-            )
-            .await?;
-            Ok(status_table(std::slice::from_ref(&v)))
+            client.change(route, "promote", body).await
         }
         AdminCall::Rollback { route, to, reason } => {
             let body = json!({ "to": to, "reason": reason });
-            let v = request(
-                base,
-                token,
-                Method::POST,
-                &format!("/admin/routes/{}/rollback", seg(&route)),
-                Some(body),
-            )
-            .await?;
-            Ok(status_table(std::slice::from_ref(&v)))
+            client.change(route, "rollback", body).await
         }
-        AdminCall::Finalize { route } => {
-            let v = request(
-                base,
-                token,
-                Method::POST,
-                &format!("/admin/routes/{}/finalize", seg(&route)),
-                Some(json!({})),
-            )
-            .await?;
-            Ok(status_table(std::slice::from_ref(&v)))
-        }
+        AdminCall::Finalize { route } => client.change(route, "finalize", json!({})).await,
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
+    .map_err(|e| e.to_string())?;
+    Ok(match call {
+        AdminCall::Status { route: None, json } => {
+            if json {
+                pretty(&v)
+            } else {
+                status_table(v["routes"].as_array().map_or(&[], Vec::as_slice))
             }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+        }
+        AdminCall::Status { json: true, .. } | AdminCall::History { json: true, .. } => pretty(&v),
+        AdminCall::History { .. } => history_table(&v),
+        _ => status_table(std::slice::from_ref(&v)),
+    })
 }
 
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
-/// One admin API call; the JSON answer, or the API's error message.
-pub async fn request(
-    base: &str,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let uri = format!("{}{}", base.trim_end_matches('/'), path);
-    let mut req = Request::builder().method(method).uri(&uri);
-    if let Some(t) = token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = req
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(payload)))
-        .map_err(|e| format!("bad admin URL {base:?}: {e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
-        .await
-        .map_err(|_| format!("admin API at {base} did not answer within 30 s"))?
-        .map_err(|e| {
-            format!("cannot reach the admin API at {base}: {e} (set UNDERSTUDY_ADMIN_URL)")
-        })?;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading the admin API's answer: {e}"))?
-        .to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if status.is_success() {
-        return Ok(v);
-    }
-    let msg = v["error"]["message"]
-        .as_str()
-        .unwrap_or("no message")
-        .to_string();
-    Err(match status {
-        StatusCode::UNAUTHORIZED => format!("401 unauthorized: {msg} (set UNDERSTUDY_ADMIN_TOKEN)"),
-        s => format!("{s}: {msg}"),
-    })
 }
 
 fn fmt_opt(v: &Value, digits: usize) -> String {
@@ -344,7 +254,7 @@ fn release_cell(v: &Value) -> String {
 }
 
 /// Routes as an aligned table.
-pub fn status_table(routes: &[Value]) -> String {
+fn status_table(routes: &[Value]) -> String {
     let mut rows = vec![[
         "ROUTE",
         "PHASE",

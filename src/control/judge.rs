@@ -11,42 +11,13 @@
 use std::collections::VecDeque;
 
 use crate::config::RollbackConfig;
+use crate::domain::Trigger;
+use crate::metrics::JudgeFigures;
 
 /// Fewest noise-floor samples before the floor is trusted; until then quality is not judged.
 pub const MIN_NOISE_SAMPLES: usize = 5;
 /// z for a one-sided 95 % bound.
 const Z_95: f64 = 1.645;
-
-/// Why a route is rolled back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Quality,
-    Errors,
-    Alert,
-    Manual,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Quality => "quality",
-            Trigger::Errors => "errors",
-            Trigger::Alert => "alert",
-            Trigger::Manual => "manual",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Trigger> {
-        [
-            Trigger::Quality,
-            Trigger::Errors,
-            Trigger::Alert,
-            Trigger::Manual,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
-    }
-}
 
 /// Rolling windows for one route's current candidate.
 #[derive(Debug, Clone, Default)]
@@ -74,6 +45,15 @@ fn mean_se(xs: impl ExactSizeIterator<Item = f64> + Clone) -> (f64, f64) {
 }
 
 impl Judge {
+    /// The figures the gauges show.
+    pub fn figures(&self) -> JudgeFigures {
+        JudgeFigures {
+            quality: self.quality(),
+            noise_floor: self.noise_floor(),
+            samples: self.samples(),
+        }
+    }
+
     pub fn record(&mut self, score: f64, errored: bool, window: usize) {
         push_bounded(&mut self.candidate, (score, errored), window);
     }

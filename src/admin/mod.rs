@@ -6,32 +6,29 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Phase, Prices, ReleaseSpec};
-use crate::control::{Alert, Change, ChangeError, Command, SampleOrder};
-use crate::error::error_response;
-use crate::judge::Trigger;
-use crate::lifecycle::Refused;
+use crate::control::{Alert, Change, ChangeError, Command, Refused, SampleOrder};
+use crate::domain::{full, Body, Phase, Prices, ReleaseSpec, Trigger};
 use crate::metrics::Metrics;
-use crate::proxy::text_response;
-use crate::state::Snapshot;
-use crate::upstream::{full, Body};
+use crate::proxy::{error_response, text_response};
+
+mod client;
+
+pub use client::AdminClient;
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 1 << 20;
 
 pub struct Admin {
-    pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     /// Commands for the controller, the one owner of change.
     pub control: mpsc::Sender<Command>,
@@ -340,19 +337,6 @@ fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
     match action {
         "releases" => {
             let b: PublishBody = serde_json::from_value(body).map_err(invalid)?;
-            if b.model.trim().is_empty() || b.model.contains("latest") {
-                return Err(ApiError::bad(
-                    "model must be a pinned model name (a dated version, never \"latest\")".into(),
-                ));
-            }
-            if let Some(k) = ["model", "messages", "stream"]
-                .iter()
-                .find(|k| b.params.contains_key(**k))
-            {
-                return Err(ApiError::bad(format!(
-                    "params may not set {k:?}: the proxy owns it"
-                )));
-            }
             let prices = b.prices.map(|p| Prices {
                 prompt_per_mtok: p.prompt_per_mtok,
                 completion_per_mtok: p.completion_per_mtok,
@@ -416,8 +400,9 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad(format!("body is not valid JSON: {e}")))
 }
 
-pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut r = Response::new(full(v.to_string()));
+fn json_response(status: StatusCode, v: &impl Serialize) -> Response<Body> {
+    // Serializing the views cannot fail: strings, numbers and JSON maps with string keys.
+    let mut r = Response::new(full(serde_json::to_string(v).unwrap_or_default()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

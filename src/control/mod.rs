@@ -9,42 +9,37 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use rand::Rng;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Phase, ReleaseSpec, StickyKey};
-use crate::judge::{Judge, Trigger};
-use crate::lifecycle::{self, Refused, RouteHistory};
-use crate::metrics::Metrics;
-use crate::observe::Observation;
-use crate::score::Score;
-use crate::shadow::RoutePolicy;
-use crate::state::{Release, Route, Snapshot, Upstream};
-use crate::store::{EventRecord, ReleaseRecord, Store, StoreError, Transition};
+use crate::config::{Config, StickyKey};
+use crate::domain::{Phase, ReleaseSpec, Trigger};
+use crate::metrics::{Metrics, RouteGauges};
+use crate::shadow::Sample;
+use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
+
+mod judge;
+mod lifecycle;
+mod reviews;
+mod store;
+mod views;
+
+use judge::Judge;
+use lifecycle::RouteHistory;
+use reviews::{OutputView, ReviewList, Reviews};
+use store::{Store, Transition};
+use views::{AlertEffect, AlertOutcome};
+
+pub use reviews::ReviewSample;
+pub use views::RouteView;
+
+pub use lifecycle::Refused;
+pub use store::{SqliteStore, StoreError};
 
 /// How often kept review samples are written to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// Events listed per route in its detail.
 const EVENTS_SHOWN: usize = 200;
-
-/// One scored comparison from a mirror.
-pub struct Sample {
-    pub route: String,
-    pub candidate_version: u32,
-    pub score: Score,
-    pub candidate_error: bool,
-    /// Stable-vs-stable combined score, when this request was also used for the noise floor.
-    pub noise: Option<f64>,
-    /// The client's request body (None when the route redacts requests).
-    pub request: Option<Bytes>,
-    pub stable_output: Observation,
-    pub candidate_output: Observation,
-    pub second_stable: Option<Observation>,
-}
 
 /// A change to a route's releases.
 #[derive(Debug, Clone)]
@@ -87,18 +82,18 @@ pub enum Command {
     Change {
         route: String,
         change: Change,
-        reply: Reply<Result<Value, ChangeError>>,
+        reply: Reply<Result<RouteView, ChangeError>>,
     },
     Alerts {
         alerts: Vec<Alert>,
-        reply: Reply<Vec<Value>>,
+        reply: Reply<Vec<AlertOutcome>>,
     },
     Routes {
-        reply: Reply<Vec<Value>>,
+        reply: Reply<Vec<RouteView>>,
     },
     Detail {
         route: String,
-        reply: Reply<Option<Value>>,
+        reply: Reply<Option<RouteView>>,
     },
     Samples {
         route: String,
@@ -112,81 +107,6 @@ pub enum Command {
 pub enum SampleOrder {
     Worst,
     Random,
-}
-
-/// A request/output pair kept for review.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReviewSample {
-    pub at_unix: u64,
-    pub candidate_version: u32,
-    pub score: f64,
-    pub scores: BTreeMap<String, f64>,
-    pub hard_failure: Option<String>,
-    /// The request body as JSON (null when redacted).
-    pub request: Option<Value>,
-    pub stable: OutputView,
-    pub candidate: OutputView,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutputView {
-    pub status: u16,
-    pub text: String,
-    pub tool_calls: Vec<(String, String)>,
-    pub finish_reason: Option<String>,
-    pub latency_ms: f64,
-    pub failure: Option<String>,
-}
-
-impl From<&Observation> for OutputView {
-    fn from(o: &Observation) -> Self {
-        OutputView {
-            status: o.status,
-            text: o.text.clone(),
-            tool_calls: o
-                .tool_calls
-                .iter()
-                .map(|t| (t.name.clone(), t.arguments.clone()))
-                .collect(),
-            finish_reason: o.finish_reason.as_ref().map(|f| format!("{f:?}")),
-            latency_ms: o.latency.as_secs_f64() * 1e3,
-            failure: o.failure.as_ref().map(|f| format!("{f:?}")),
-        }
-    }
-}
-
-/// Worst-N and a uniform reservoir of M review samples.
-#[derive(Default)]
-struct Reviews {
-    worst: Vec<ReviewSample>,
-    reservoir: Vec<ReviewSample>,
-    seen: u64,
-    /// Changed since last written to the store.
-    dirty: bool,
-}
-
-impl Reviews {
-    fn add(&mut self, s: ReviewSample, keep_worst: usize, keep_random: usize) {
-        self.seen += 1;
-        self.dirty = true;
-        if keep_random > 0 {
-            if self.reservoir.len() < keep_random {
-                self.reservoir.push(s.clone());
-            } else {
-                let j = rand::rng().random_range(0..self.seen);
-                if let Some(slot) = self.reservoir.get_mut(j as usize) {
-                    *slot = s.clone();
-                }
-            }
-        }
-        if keep_worst > 0 {
-            let pos = self.worst.partition_point(|w| w.score <= s.score);
-            if pos < keep_worst {
-                self.worst.insert(pos, s);
-                self.worst.truncate(keep_worst);
-            }
-        }
-    }
 }
 
 /// What the configuration says about a route beyond its releases.
@@ -225,11 +145,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 impl Controller {
@@ -279,17 +194,19 @@ impl Controller {
             let history = history.ok_or_else(|| {
                 StartError::Invalid(format!("route {name}: no state after reconciling"))
             })?;
-            let mut reviews = Reviews::default();
-            for (kind, list) in [
-                ("worst", &mut reviews.worst),
-                ("random", &mut reviews.reservoir),
-            ] {
-                *list = store
-                    .samples(name, kind)?
+            let list = |kind: ReviewList| -> Result<Vec<ReviewSample>, StoreError> {
+                Ok(store
+                    .samples(name, kind.as_str())?
                     .iter()
                     .filter_map(|s| serde_json::from_str(s).ok())
-                    .collect();
-            }
+                    .collect())
+            };
+            let seen = store
+                .samples(name, ReviewList::Seen.as_str())?
+                .first()
+                .and_then(|s| s.parse().ok());
+            let reviews =
+                Reviews::restore(list(ReviewList::Worst)?, list(ReviewList::Random)?, seen);
             routes.insert(
                 name.clone(),
                 RouteRuntime {
@@ -316,7 +233,6 @@ impl Controller {
             state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
                 Vec::new(),
                 Arc::clone(&default_upstream),
-                upstreams.clone(),
             ))),
             metrics,
             store,
@@ -365,9 +281,10 @@ impl Controller {
                 change,
                 reply,
             } => {
-                let result = self
-                    .change(&route, change)
-                    .map(|()| self.route_json(&route, false).unwrap_or(Value::Null));
+                let result = self.change(&route, change).and_then(|()| {
+                    self.view(&route, false)
+                        .ok_or_else(|| ChangeError::UnknownRoute(route.clone()))
+                });
                 let _ = reply.send(result);
             }
             Command::Alerts { alerts, reply } => {
@@ -376,15 +293,10 @@ impl Controller {
             }
             Command::Routes { reply } => {
                 let names: Vec<String> = self.routes.keys().cloned().collect();
-                let _ = reply.send(
-                    names
-                        .iter()
-                        .filter_map(|n| self.route_json(n, false))
-                        .collect(),
-                );
+                let _ = reply.send(names.iter().filter_map(|n| self.view(n, false)).collect());
             }
             Command::Detail { route, reply } => {
-                let _ = reply.send(self.route_json(&route, true));
+                let _ = reply.send(self.view(&route, true));
             }
             Command::Samples {
                 route,
@@ -414,10 +326,13 @@ impl Controller {
         let h = &rt.history;
         let t = match &change {
             Change::Publish(spec) => {
-                if !self.upstreams.contains_key(&spec.upstream) {
-                    return Err(
-                        Refused::Invalid(format!("unknown upstream {:?}", spec.upstream)).into(),
-                    );
+                // The one validation of a release, shared with the configuration file.
+                let mut upstreams: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                upstreams.sort_unstable();
+                let problems = spec.problems(upstreams);
+                if !problems.is_empty() {
+                    let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    return Err(Refused::Invalid(said.join("; ")).into());
                 }
                 Some(lifecycle::publish(h, spec, now))
             }
@@ -467,14 +382,14 @@ impl Controller {
         Ok(())
     }
 
-    fn alert(&mut self, a: Alert) -> Value {
+    fn alert(&mut self, a: Alert) -> AlertOutcome {
         let outcome = match self.routes.get(&a.route).map(|rt| &rt.history) {
-            None => "unknown_route",
+            None => AlertEffect::UnknownRoute,
             Some(h) => match h.record.candidate.and_then(|c| h.release(c)) {
-                None => "no_candidate",
+                None => AlertEffect::NoCandidate,
                 // A repeat of an alert that started before this candidate existed is about an
                 // earlier one: it does not roll back the new candidate.
-                Some(c) if c.created_at_ms > a.starts_at_ms => "stale",
+                Some(c) if c.created_at_ms > a.starts_at_ms => AlertEffect::Stale,
                 Some(_) => {
                     let change = Change::Rollback {
                         to: None,
@@ -482,16 +397,19 @@ impl Controller {
                         reason: a.reason.clone(),
                     };
                     match self.change(&a.route, change) {
-                        Ok(()) => "rolled_back",
+                        Ok(()) => AlertEffect::RolledBack,
                         Err(e) => {
                             tracing::error!(route = %a.route, error = %e, "alert rollback failed");
-                            "failed"
+                            AlertEffect::Failed
                         }
                     }
                 }
             },
         };
-        json!({ "route": a.route, "outcome": outcome })
+        AlertOutcome {
+            route: a.route,
+            outcome,
+        }
     }
 
     fn sample(&mut self, s: Sample) {
@@ -535,8 +453,9 @@ impl Controller {
             review,
             policy.scoring.keep_worst,
             policy.scoring.keep_random,
+            &mut rand::rng(),
         );
-        self.metrics.judged(&s.route, &rt.judge);
+        self.metrics.judged(&s.route, &rt.judge.figures());
         if !live {
             return;
         }
@@ -586,10 +505,18 @@ impl Controller {
             };
             let worst = docs(&rt.reviews.worst);
             let random = docs(&rt.reviews.reservoir);
+            let seen = [rt.reviews.seen().to_string()];
             let written = self
                 .store
-                .replace_samples(name, "worst", &worst)
-                .and_then(|()| self.store.replace_samples(name, "random", &random));
+                .replace_samples(name, ReviewList::Worst.as_str(), &worst)
+                .and_then(|()| {
+                    self.store
+                        .replace_samples(name, ReviewList::Random.as_str(), &random)
+                })
+                .and_then(|()| {
+                    self.store
+                        .replace_samples(name, ReviewList::Seen.as_str(), &seen)
+                });
             match written {
                 Ok(()) => rt.reviews.dirty = false,
                 Err(e) => tracing::warn!(route = %name, error = %e, "review samples not saved"),
@@ -612,85 +539,56 @@ impl Controller {
                 let upstream = self.upstreams.get(&r.upstream).ok_or_else(|| {
                     format!("route {name}: release #{version} uses upstream {:?}, which is not configured", r.upstream)
                 })?;
-                Ok(Arc::new(Release::from_record(r, Arc::clone(upstream))))
+                Ok(Arc::new(Release::new(
+                    r.version,
+                    &r.spec(),
+                    Arc::clone(upstream),
+                )))
             };
-            let phase: Phase = h.record.phase.parse().map_err(|_| {
-                format!("route {name}: bad phase {:?} in the store", h.record.phase)
-            })?;
             let route = Route {
                 name: name.clone(),
                 alias: settings.alias.clone(),
-                phase,
+                phase: h.record.phase,
                 share: h.record.share,
                 sticky_key: settings.sticky_key.clone(),
                 stable: release(h.record.stable)?,
                 candidate: h.record.candidate.map(release).transpose()?,
                 policy: Arc::clone(&settings.policy),
             };
-            self.metrics.route_state(&route);
+            self.metrics.route_state(&RouteGauges {
+                name: &route.name,
+                phase: route.phase,
+                serving: route.serving().version,
+                threshold: route.policy.rollback.threshold,
+                has_candidate: route.candidate.is_some(),
+            });
             routes.push(Arc::new(route));
         }
-        let snapshot = Snapshot::new(
-            routes,
-            Arc::clone(&self.default_upstream),
-            self.upstreams.clone(),
-        );
+        let snapshot = Snapshot::new(routes, Arc::clone(&self.default_upstream));
         self.state.store(Arc::new(snapshot));
         Ok(())
     }
 
-    fn route_json(&self, name: &str, detail: bool) -> Option<Value> {
+    /// The admin view of a route; with its releases and events when `detail`.
+    fn view(&self, name: &str, detail: bool) -> Option<RouteView> {
         let rt = self.routes.get(name)?;
-        let h = &rt.history;
-        let release_json = |r: &ReleaseRecord| {
-            let mut v = json!({
-                "version": r.version,
-                "label": r.label,
-                "upstream": r.upstream,
-                "model": r.model,
-                "system_prompt": r.system_prompt,
-                "params": r.params,
-                "created_at": rfc3339(r.created_at_ms),
-                "state": h.state_of(r),
-            });
-            if let Some((at, trigger, reason)) = &r.rolled_back {
-                v["rolled_back"] =
-                    json!({ "at": rfc3339(*at), "trigger": trigger, "reason": reason });
-            }
-            v
-        };
-        let j = &rt.judge;
-        let mut v = json!({
-            "name": name,
-            "model": self.settings.get(name).map(|s| s.alias.clone()),
-            "phase": h.record.phase,
-            "share": h.record.share,
-            "serving": h.serving(),
-            "stable": h.release(h.record.stable).map(release_json),
-            "candidate": h.record.candidate.and_then(|c| h.release(c)).map(release_json),
-            "quality": j.quality(),
-            "noise_floor": j.noise_floor(),
-            "samples": j.samples(),
-            "error_rate": j.error_rate(),
-        });
-        if detail {
-            v["releases"] = h.releases.iter().map(release_json).collect();
-            let events = self.store.events(name, EVENTS_SHOWN).unwrap_or_default();
-            v["events"] = events.iter().map(event_json).collect();
+        let alias = self.settings.get(name).map_or("", |s| s.alias.as_str());
+        let view = RouteView::new(
+            alias,
+            &rt.history,
+            rt.judge.figures(),
+            rt.judge.error_rate(),
+        );
+        if !detail {
+            return Some(view);
         }
-        Some(v)
+        let events = match self.store.events(name, EVENTS_SHOWN) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(route = name, error = %e, "events not read from the store");
+                Vec::new()
+            }
+        };
+        Some(view.with_detail(&rt.history, &events))
     }
-}
-
-fn event_json(e: &EventRecord) -> Value {
-    json!({
-        "at": rfc3339(e.at_ms),
-        "kind": e.kind,
-        "from": e.from_version,
-        "to": e.to_version,
-        "phase": e.phase,
-        "share": e.share,
-        "trigger": e.trigger,
-        "reason": e.reason,
-    })
 }

@@ -4,8 +4,9 @@
 
 use http::{header, Response, StatusCode};
 
+use crate::domain::{full, Body};
 use crate::observe::ApiShape;
-use crate::upstream::{full, Body};
+use crate::upstream::UpstreamError;
 
 /// Everything that can go wrong between accepting a request and relaying the upstream's answer.
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +19,8 @@ pub enum ProxyError {
     InvalidJson(String),
     #[error("no route named {0:?} (from the x-understudy-route header)")]
     UnknownRoute(String),
-    #[error("upstream {upstream} could not be reached: {reason}")]
-    UpstreamConnect { upstream: String, reason: String },
-    #[error("upstream {upstream} did not answer within {secs} s")]
-    UpstreamTimeout { upstream: String, secs: u64 },
-    #[error("server is shutting down")]
-    ShuttingDown,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
 impl ProxyError {
@@ -33,17 +30,15 @@ impl ProxyError {
             ProxyError::ClientBody(_)
             | ProxyError::InvalidJson(_)
             | ProxyError::UnknownRoute(_) => StatusCode::BAD_REQUEST,
-            ProxyError::UpstreamConnect { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Connect { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// Low-cardinality label for `understudy_upstream_errors_total{kind}` (upstream errors only).
     pub fn upstream_kind(&self) -> Option<&'static str> {
         match self {
-            ProxyError::UpstreamConnect { .. } => Some("connect"),
-            ProxyError::UpstreamTimeout { .. } => Some("timeout"),
+            ProxyError::Upstream(e) => Some(e.kind()),
             _ => None,
         }
     }
@@ -54,9 +49,8 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "invalid_body",
             ProxyError::InvalidJson(_) => "invalid_json",
             ProxyError::UnknownRoute(_) => "unknown_route",
-            ProxyError::UpstreamConnect { .. } => "upstream_unreachable",
-            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
-            ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::Upstream(UpstreamError::Connect { .. }) => "upstream_unreachable",
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
         }
     }
 
@@ -127,17 +121,17 @@ mod tests {
             (ProxyError::BodyTooLarge { limit: 10 }, 413),
             (ProxyError::InvalidJson("eof".into()), 400),
             (
-                ProxyError::UpstreamConnect {
+                ProxyError::Upstream(UpstreamError::Connect {
                     upstream: "u".into(),
                     reason: "reset".into(),
-                },
+                }),
                 502,
             ),
             (
-                ProxyError::UpstreamTimeout {
+                ProxyError::Upstream(UpstreamError::Timeout {
                     upstream: "u".into(),
                     secs: 3,
-                },
+                }),
                 504,
             ),
         ];

@@ -3,15 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::config::Phase;
+use crate::config::StickyKey;
+use crate::domain::{Phase, Role};
 use crate::state::{Release, Route};
-
-/// Which side of the comparison a release plays for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Stable,
-    Candidate,
-}
+use crate::upstream::RequestBody;
 
 /// What to do with one routed request.
 #[derive(Debug, Clone)]
@@ -21,6 +16,20 @@ pub struct Plan {
     pub served_role: Role,
     /// The release the request is mirrored to, off the client's path, for scoring.
     pub mirror: Option<Arc<Release>>,
+}
+
+/// The sticky sampling key of a request, if the route has one and the request carries it.
+pub fn sticky_value(
+    route: &Route,
+    headers: &http::HeaderMap,
+    body: &RequestBody<'_>,
+) -> Option<String> {
+    match route.sticky_key.as_ref()? {
+        StickyKey::Header(name) => headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        StickyKey::Body(field) => body.sticky_value(field).map(|v| v.into_owned()),
+    }
 }
 
 /// A point in [0, 1) that decides sampling for one request: a stable hash of the sticky key

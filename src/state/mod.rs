@@ -9,8 +9,13 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use serde_json::value::RawValue;
 
-use crate::config::{ApiFlavor, Phase, Prices, ReleaseSpec, StickyKey, UpstreamConfig};
+use crate::config::{ApiFlavor, StickyKey, UpstreamConfig};
+use crate::domain::{Phase, Prices, ReleaseSpec};
 use crate::metrics::{Metrics, ReleaseSeries};
+
+mod policy;
+
+pub use policy::RoutePolicy;
 
 /// An upstream LLM API, resolved once at start (its credentials read from the environment).
 #[derive(Debug)]
@@ -135,24 +140,6 @@ impl Release {
     }
 }
 
-impl Release {
-    /// The release as stored.
-    pub fn from_record(r: &crate::store::ReleaseRecord, upstream: Arc<Upstream>) -> Self {
-        let spec = ReleaseSpec {
-            label: r.label.clone(),
-            upstream: r.upstream.clone(),
-            model: r.model.clone(),
-            system_prompt: r.system_prompt.clone(),
-            params: r.params.clone(),
-            prices: r.prices.map(|(p, c)| Prices {
-                prompt_per_mtok: p,
-                completion_per_mtok: c,
-            }),
-        };
-        Release::new(r.version, &spec, upstream)
-    }
-}
-
 /// A route as the request path sees it right now.
 #[derive(Debug)]
 pub struct Route {
@@ -166,16 +153,13 @@ pub struct Route {
     pub candidate: Option<Arc<Release>>,
     /// Mirroring budget, scoring and rollback settings; shared by every snapshot of the route
     /// (the budget's counters survive snapshot swaps).
-    pub policy: Arc<crate::shadow::RoutePolicy>,
+    pub policy: Arc<RoutePolicy>,
 }
 
 impl Route {
     /// The release that serves requests the candidate is not chosen for.
     pub fn serving(&self) -> &Arc<Release> {
-        match (&self.phase, &self.candidate) {
-            (Phase::Promoted, Some(c)) => c,
-            _ => &self.stable,
-        }
+        self.phase.serving(&self.stable, self.candidate.as_ref())
     }
 }
 
@@ -186,14 +170,12 @@ pub struct Snapshot {
     /// Route name by alias.
     aliases: HashMap<String, String>,
     pub default_upstream: Arc<Upstream>,
-    pub upstreams: HashMap<String, Arc<Upstream>>,
 }
 
 impl Snapshot {
     pub fn new(
         routes: impl IntoIterator<Item = Arc<Route>>,
         default_upstream: Arc<Upstream>,
-        upstreams: HashMap<String, Arc<Upstream>>,
     ) -> Self {
         let routes: HashMap<String, Arc<Route>> =
             routes.into_iter().map(|r| (r.name.clone(), r)).collect();
@@ -205,7 +187,6 @@ impl Snapshot {
             routes,
             aliases,
             default_upstream,
-            upstreams,
         }
     }
 
@@ -217,9 +198,5 @@ impl Snapshot {
         self.aliases
             .get(alias)
             .and_then(|name| self.routes.get(name))
-    }
-
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.values()
     }
 }

@@ -1,0 +1,229 @@
+//! The durable embedded store: releases, route state, the event log and review samples, kept in
+//! one SQLite file. Its only user is the controller thread, which calls it synchronously; the
+//! request path never touches it. Every change is one transaction committed durably (WAL with
+//! `synchronous = FULL`) before the call returns, so whatever the admin API acknowledged survives
+//! `kill -9`. The controller sees only the narrow [`Store`] trait, so another backend can follow.
+//!
+//! Tables:
+//! - `releases`: every release of every route, keyed by (route, version); immutable except for
+//!   its `rolled_back_*` columns, never deleted.
+//! - `routes`: each route's mutable state (phase, share, stable and candidate versions), one row
+//!   per route; stable and candidate must name existing releases of that route.
+//! - `events`: the append-only history of changes, numbered by an ever-increasing id and indexed
+//!   by (route, id).
+//! - `samples`: each route's kept review samples per kind ("worst", "random"), as opaque JSON
+//!   documents in order.
+//!
+//! The schema version lives in `PRAGMA user_version`; `MIGRATIONS` lists the SQL steps that
+//! bring a file from any older version to the current one.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::domain::{EventKind, Phase, Prices, ReleaseSpec, Trigger};
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// One immutable release of a route, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRecord {
+    /// The route it belongs to.
+    pub route: String,
+    /// 1, 2, 3... per route, in publication order.
+    pub version: u32,
+    /// Optional human label ("v3").
+    pub label: Option<String>,
+    /// Name of the upstream that serves it.
+    pub upstream: String,
+    /// The pinned upstream model name.
+    pub model: String,
+    /// The system prompt it imposes, if any.
+    pub system_prompt: Option<String>,
+    /// Parameter overrides (`temperature`, `max_tokens`, ...).
+    pub params: Map<String, Value>,
+    /// Token prices, USD per million tokens.
+    pub prices: Option<Prices>,
+    /// Publication time, unix ms.
+    pub created_at_ms: i64,
+    /// Set when the release was rolled back. Kept forever.
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// When and why a release was rolled back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolledBack {
+    /// Unix ms.
+    pub at_ms: i64,
+    pub trigger: Trigger,
+    pub reason: String,
+}
+
+/// The fields that define a release's behaviour, in a fixed order.
+#[derive(Serialize)]
+struct Definition<'a> {
+    upstream: &'a str,
+    model: &'a str,
+    system_prompt: Option<&'a str>,
+    params: &'a Map<String, Value>,
+}
+
+impl ReleaseRecord {
+    /// The release's definition.
+    pub fn spec(&self) -> ReleaseSpec {
+        ReleaseSpec {
+            label: self.label.clone(),
+            upstream: self.upstream.clone(),
+            model: self.model.clone(),
+            system_prompt: self.system_prompt.clone(),
+            params: self.params.clone(),
+            prices: self.prices,
+        }
+    }
+
+    /// Canonical JSON of what defines the release's behaviour: upstream, model, system_prompt,
+    /// params (serde_json maps are key-sorted, so equal definitions give equal strings).
+    /// Label and prices are metadata and not part of it.
+    pub fn definition(&self) -> String {
+        let definition = Definition {
+            upstream: &self.upstream,
+            model: &self.model,
+            system_prompt: self.system_prompt.as_deref(),
+            params: &self.params,
+        };
+        // Cannot fail: only strings and a JSON map with string keys are serialized.
+        serde_json::to_string(&definition).unwrap_or_default()
+    }
+}
+
+/// A route's mutable state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRecord {
+    /// The route's name.
+    pub route: String,
+    pub phase: Phase,
+    /// Share of traffic mirrored to or served by the candidate, per the phase.
+    pub share: f64,
+    /// Version of the stable release.
+    pub stable: u32,
+    /// Version of the candidate release, if any.
+    pub candidate: Option<u32>,
+    /// Time of the last change, unix ms.
+    pub updated_at_ms: i64,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// Assigned by the store (ignored on insert), increasing in commit order.
+    pub id: i64,
+    /// The route it concerns.
+    pub route: String,
+    /// When it happened, unix ms.
+    pub at_ms: i64,
+    pub kind: EventKind,
+    /// The version the change moved away from, if any.
+    pub from_version: Option<u32>,
+    /// The version the change moved to, if any.
+    pub to_version: Option<u32>,
+    /// The route's phase after the change, if relevant.
+    pub phase: Option<Phase>,
+    /// The route's share after the change, if relevant.
+    pub share: Option<f64>,
+    /// Why, for rollbacks.
+    pub trigger: Option<Trigger>,
+    /// Free-text reason.
+    pub reason: Option<String>,
+}
+
+/// Everything one change writes, applied in ONE transaction (all or nothing), in this order:
+/// new releases, rollbacks, revivals, the route, the events.
+#[derive(Debug, Clone, Default)]
+pub struct Transition {
+    /// Inserted; (route, version) must be new.
+    pub new_releases: Vec<ReleaseRecord>,
+    /// Upserted; its stable and candidate must name existing (or newly inserted) releases.
+    pub route: Option<RouteRecord>,
+    /// Sets [`ReleaseRecord::rolled_back`] of existing releases.
+    pub rolled_back: Vec<(ReleaseKey, RolledBack)>,
+    /// Clears `rolled_back` of existing releases (explicit admin rollback *to* a rolled-back
+    /// version).
+    pub revived: Vec<ReleaseKey>,
+    /// Appended to the event log.
+    pub events: Vec<EventRecord>,
+}
+
+/// Names one release of one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseKey {
+    pub route: String,
+    pub version: u32,
+}
+
+/// Everything the controller loads at start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    /// Every route's state, ordered by route.
+    pub routes: Vec<RouteRecord>,
+    /// All routes' releases, ordered by (route, version).
+    pub releases: Vec<ReleaseRecord>,
+}
+
+/// Why a store operation failed. A failed operation has changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened, configured or migrated.
+    #[error("store {path}: {source}")]
+    Open {
+        /// The store file.
+        path: PathBuf,
+        /// What SQLite reported.
+        source: rusqlite::Error,
+    },
+    /// A statement failed (including constraint violations such as a route naming a release
+    /// that does not exist).
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A new release's (route, version) is already taken.
+    #[error("store: release {route}#{version} already exists")]
+    Conflict {
+        /// The route.
+        route: String,
+        /// The version already taken.
+        version: u32,
+    },
+    /// A stored row cannot be decoded, or a change names a release that does not exist.
+    #[error("store: corrupt row: {0}")]
+    Corrupt(String),
+    /// The store file's directory could not be created.
+    #[error("store: cannot create directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS reported.
+        source: std::io::Error,
+    },
+}
+
+/// The narrow interface the controller uses.
+pub trait Store: Send {
+    /// Every route's state and every release.
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Applies the whole transition durably, or nothing of it.
+    fn commit(&mut self, t: &Transition) -> Result<(), StoreError>;
+    /// The newest `limit` events of a route, oldest first.
+    fn events(&self, route: &str, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+    /// Replaces a route's kept review samples (each an opaque JSON document) of one kind
+    /// ("worst" or "random").
+    fn replace_samples(
+        &mut self,
+        route: &str,
+        kind: &str,
+        samples: &[String],
+    ) -> Result<(), StoreError>;
+    /// A route's kept review samples of one kind, in the order they were given.
+    fn samples(&self, route: &str, kind: &str) -> Result<Vec<String>, StoreError>;
+}

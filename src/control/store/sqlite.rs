@@ -1,0 +1,404 @@
+//! The SQLite backend of [`Store`]: one file, one connection owned by the controller thread, WAL
+//! with `synchronous = FULL`, the schema version in `PRAGMA user_version`. Names (phases, event
+//! kinds, triggers) are stored as their one spelling and read back through `FromStr`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
+
+use super::{
+    EventRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, Store, StoreError,
+    Transition,
+};
+use crate::domain::{Phase, Prices, Trigger, UnknownName};
+
+/// The schema, as steps: step `i` takes `user_version` from `i` to `i + 1`. Append, never edit.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE releases (
+    route               TEXT    NOT NULL,
+    version             INTEGER NOT NULL CHECK (version >= 1),
+    label               TEXT,
+    upstream            TEXT    NOT NULL,
+    model               TEXT    NOT NULL,
+    system_prompt       TEXT,
+    params              TEXT    NOT NULL,
+    price_prompt        REAL,
+    price_completion    REAL,
+    created_at_ms       INTEGER NOT NULL,
+    rolled_back_at_ms   INTEGER,
+    rolled_back_trigger TEXT,
+    rolled_back_reason  TEXT,
+    PRIMARY KEY (route, version),
+    CHECK ((price_prompt IS NULL) = (price_completion IS NULL)),
+    CHECK ((rolled_back_at_ms IS NULL) = (rolled_back_trigger IS NULL)
+       AND (rolled_back_at_ms IS NULL) = (rolled_back_reason IS NULL))
+) STRICT;
+CREATE TABLE routes (
+    route         TEXT    NOT NULL PRIMARY KEY,
+    phase         TEXT    NOT NULL,
+    share         REAL    NOT NULL,
+    stable        INTEGER NOT NULL,
+    candidate     INTEGER,
+    updated_at_ms INTEGER NOT NULL,
+    FOREIGN KEY (route, stable) REFERENCES releases (route, version),
+    FOREIGN KEY (route, candidate) REFERENCES releases (route, version)
+) STRICT;
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    route        TEXT    NOT NULL,
+    at_ms        INTEGER NOT NULL,
+    kind         TEXT    NOT NULL,
+    from_version INTEGER,
+    to_version   INTEGER,
+    phase        TEXT,
+    share        REAL,
+    triggered_by TEXT,
+    reason       TEXT
+) STRICT;
+CREATE INDEX events_route_id ON events (route, id);
+CREATE TABLE samples (
+    route    TEXT    NOT NULL,
+    kind     TEXT    NOT NULL,
+    position INTEGER NOT NULL,
+    doc      TEXT    NOT NULL,
+    PRIMARY KEY (route, kind, position)
+) STRICT;
+"];
+
+const INSERT_RELEASE: &str = "INSERT INTO releases (route, version, label, upstream, model, \
+     system_prompt, params, price_prompt, price_completion, created_at_ms, rolled_back_at_ms, \
+     rolled_back_trigger, rolled_back_reason) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+     ON CONFLICT (route, version) DO NOTHING";
+const SELECT_RELEASES: &str = "SELECT route, version, label, upstream, model, system_prompt, \
+     params, price_prompt, price_completion, created_at_ms, rolled_back_at_ms, \
+     rolled_back_trigger, rolled_back_reason FROM releases ORDER BY route, version";
+const SET_ROLLED_BACK: &str = "UPDATE releases SET rolled_back_at_ms = ?3, \
+     rolled_back_trigger = ?4, rolled_back_reason = ?5 WHERE route = ?1 AND version = ?2";
+const CLEAR_ROLLED_BACK: &str = "UPDATE releases SET rolled_back_at_ms = NULL, \
+     rolled_back_trigger = NULL, rolled_back_reason = NULL WHERE route = ?1 AND version = ?2";
+const UPSERT_ROUTE: &str = "INSERT INTO routes (route, phase, share, stable, candidate, \
+     updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (route) DO UPDATE SET phase = excluded.phase, share = excluded.share, \
+     stable = excluded.stable, candidate = excluded.candidate, \
+     updated_at_ms = excluded.updated_at_ms";
+const SELECT_ROUTES: &str =
+    "SELECT route, phase, share, stable, candidate, updated_at_ms FROM routes ORDER BY route";
+const INSERT_EVENT: &str = "INSERT INTO events (route, at_ms, kind, from_version, to_version, \
+     phase, share, triggered_by, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const SELECT_EVENTS: &str = "SELECT id, route, at_ms, kind, from_version, to_version, phase, \
+     share, triggered_by, reason FROM events WHERE route = ?1 ORDER BY id DESC LIMIT ?2";
+const DELETE_SAMPLES: &str = "DELETE FROM samples WHERE route = ?1 AND kind = ?2";
+const INSERT_SAMPLE: &str =
+    "INSERT INTO samples (route, kind, position, doc) VALUES (?1, ?2, ?3, ?4)";
+const SELECT_SAMPLES: &str =
+    "SELECT doc FROM samples WHERE route = ?1 AND kind = ?2 ORDER BY position";
+
+/// The SQLite implementation of [`Store`]: one connection, owned by the controller thread.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file, its parent directory and the schema on first start) with WAL,
+    /// synchronous=FULL, foreign keys on, busy_timeout 5 s; a schema version in
+    /// `PRAGMA user_version` with migrations as a list of SQL steps.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_error = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_error)?;
+        configure(&conn).map_err(open_error)?;
+        migrate(&mut conn).map_err(open_error)?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+/// The per-connection settings the durability promise rests on.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open_failure(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)
+}
+
+/// Applies the migrations the file has not seen yet, each in its own transaction together with
+/// its new `user_version`.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let Some(done) = usize::try_from(current)
+        .ok()
+        .filter(|done| *done <= MIGRATIONS.len())
+    else {
+        return Err(open_failure(format!(
+            "schema version {current} is not one this build knows (0 to {})",
+            MIGRATIONS.len()
+        )));
+    };
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", step + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn open_failure(message: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+        Some(message),
+    )
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let mut routes = Vec::new();
+        let mut stmt = self.conn.prepare_cached(SELECT_ROUTES)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let route: String = row.get(0)?;
+            let phase = name(&row.get::<_, String>(1)?, || format!("route {route}"))?;
+            routes.push(RouteRecord {
+                route,
+                phase,
+                share: row.get(2)?,
+                stable: row.get(3)?,
+                candidate: row.get(4)?,
+                updated_at_ms: row.get(5)?,
+            });
+        }
+        let mut releases = Vec::new();
+        let mut stmt = self.conn.prepare_cached(SELECT_RELEASES)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            releases.push(release_from_row(row)?);
+        }
+        Ok(Loaded { routes, releases })
+    }
+
+    fn commit(&mut self, t: &Transition) -> Result<(), StoreError> {
+        // Dropping `tx` on any error below rolls the whole transition back.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_releases(&tx, &t.new_releases)?;
+        {
+            let mut stmt = tx.prepare_cached(SET_ROLLED_BACK)?;
+            for (key, r) in &t.rolled_back {
+                let changed = stmt.execute(params![
+                    key.route,
+                    key.version,
+                    r.at_ms,
+                    r.trigger.as_str(),
+                    r.reason
+                ])?;
+                existing(changed, key)?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(CLEAR_ROLLED_BACK)?;
+            for key in &t.revived {
+                existing(stmt.execute(params![key.route, key.version])?, key)?;
+            }
+        }
+        if let Some(r) = &t.route {
+            tx.prepare_cached(UPSERT_ROUTE)?.execute(params![
+                r.route,
+                r.phase.as_str(),
+                r.share,
+                r.stable,
+                r.candidate,
+                r.updated_at_ms
+            ])?;
+        }
+        {
+            let mut stmt = tx.prepare_cached(INSERT_EVENT)?;
+            for e in &t.events {
+                stmt.execute(params![
+                    e.route,
+                    e.at_ms,
+                    e.kind.as_str(),
+                    e.from_version,
+                    e.to_version,
+                    e.phase.map(Phase::as_str),
+                    e.share,
+                    e.trigger.map(Trigger::as_str),
+                    e.reason
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn events(&self, route: &str, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(SELECT_EVENTS)?;
+        let mut rows = stmt.query(params![route, limit])?;
+        let mut events = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let at = || format!("event {id}");
+            let phase: Option<String> = row.get(6)?;
+            let trigger: Option<String> = row.get(8)?;
+            events.push(EventRecord {
+                id,
+                route: row.get(1)?,
+                at_ms: row.get(2)?,
+                kind: name(&row.get::<_, String>(3)?, at)?,
+                from_version: row.get(4)?,
+                to_version: row.get(5)?,
+                phase: phase.map(|p| name(&p, at)).transpose()?,
+                share: row.get(7)?,
+                trigger: trigger.map(|t| name(&t, at)).transpose()?,
+                reason: row.get(9)?,
+            });
+        }
+        events.reverse();
+        Ok(events)
+    }
+
+    fn replace_samples(
+        &mut self,
+        route: &str,
+        kind: &str,
+        samples: &[String],
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(DELETE_SAMPLES)?
+            .execute(params![route, kind])?;
+        {
+            let mut stmt = tx.prepare_cached(INSERT_SAMPLE)?;
+            for (position, doc) in (0_i64..).zip(samples) {
+                stmt.execute(params![route, kind, position, doc])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn samples(&self, route: &str, kind: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(SELECT_SAMPLES)?;
+        let docs = stmt
+            .query_map(params![route, kind], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(docs)
+    }
+}
+
+fn insert_releases(tx: &Transaction<'_>, releases: &[ReleaseRecord]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(INSERT_RELEASE)?;
+    for r in releases {
+        let params_json = serde_json::to_string(&r.params).map_err(|e| {
+            StoreError::Corrupt(format!("release {}#{}: params: {e}", r.route, r.version))
+        })?;
+        let (rolled_back_at, trigger, reason) = match &r.rolled_back {
+            Some(rb) => (Some(rb.at_ms), Some(rb.trigger.as_str()), Some(&rb.reason)),
+            None => (None, None, None),
+        };
+        let inserted = stmt.execute(params![
+            r.route,
+            r.version,
+            r.label,
+            r.upstream,
+            r.model,
+            r.system_prompt,
+            params_json,
+            r.prices.map(|p| p.prompt_per_mtok),
+            r.prices.map(|p| p.completion_per_mtok),
+            r.created_at_ms,
+            rolled_back_at,
+            trigger,
+            reason
+        ])?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict {
+                route: r.route.clone(),
+                version: r.version,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Turns "no row updated" into an error: a change may only mark releases that exist.
+fn existing(changed: usize, key: &ReleaseKey) -> Result<(), StoreError> {
+    if changed == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "no release {}#{} to update",
+            key.route, key.version
+        )));
+    }
+    Ok(())
+}
+
+/// A stored name read back as its enum: the one conversion from the store (`as_str` is the one
+/// conversion to it). An unknown name is a corrupt row, named by `row`.
+fn name<T: std::str::FromStr<Err = UnknownName>>(
+    text: &str,
+    row: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|e: UnknownName| StoreError::Corrupt(format!("{}: {e}", row())))
+}
+
+fn release_from_row(row: &Row<'_>) -> Result<ReleaseRecord, StoreError> {
+    let route: String = row.get(0)?;
+    let version: u32 = row.get(1)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("release {route}#{version}: {what}"));
+    let params_json: String = row.get(6)?;
+    let params = serde_json::from_str(&params_json)
+        .map_err(|e| corrupt(&format!("params are not a JSON object: {e}")))?;
+    let prices = match (row.get(7)?, row.get(8)?) {
+        (Some(prompt_per_mtok), Some(completion_per_mtok)) => Some(Prices {
+            prompt_per_mtok,
+            completion_per_mtok,
+        }),
+        (None, None) => None,
+        _ => return Err(corrupt("only one of the two prices is set")),
+    };
+    let rolled_back = match (
+        row.get(10)?,
+        row.get::<_, Option<String>>(11)?,
+        row.get(12)?,
+    ) {
+        (Some(at_ms), Some(trigger), Some(reason)) => Some(RolledBack {
+            at_ms,
+            trigger: name(&trigger, || format!("release {route}#{version}"))?,
+            reason,
+        }),
+        (None, None, None) => None,
+        _ => return Err(corrupt("rollback columns are partly set")),
+    };
+    Ok(ReleaseRecord {
+        label: row.get(2)?,
+        upstream: row.get(3)?,
+        model: row.get(4)?,
+        system_prompt: row.get(5)?,
+        params,
+        prices,
+        created_at_ms: row.get(9)?,
+        rolled_back,
+        route,
+        version,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! What the admin API shows of the control plane, as typed `Serialize` views: the JSON of
+//! `GET /admin/routes`, `GET /admin/routes/{route}`, change answers and Alertmanager outcomes.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::lifecycle::RouteHistory;
+use super::store::{EventRecord, ReleaseRecord};
+use crate::domain::{EventKind, Phase, ReleaseState, Trigger};
+use crate::metrics::JudgeFigures;
+
+/// A route, with its releases and events when asked for its detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    pub name: String,
+    /// The alias applications send.
+    pub model: String,
+    pub phase: Phase,
+    pub share: f64,
+    /// Version of the release that serves the route's traffic.
+    pub serving: u32,
+    pub stable: Option<ReleaseView>,
+    pub candidate: Option<ReleaseView>,
+    pub quality: Option<f64>,
+    pub noise_floor: Option<f64>,
+    pub samples: usize,
+    pub error_rate: f64,
+    /// Every release, oldest first (detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub releases: Option<Vec<ReleaseView>>,
+    /// The newest events, oldest first (detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<EventView>>,
+}
+
+impl RouteView {
+    /// The view of `h`, judged by `judge`.
+    pub fn new(alias: &str, h: &RouteHistory, judge: JudgeFigures, error_rate: f64) -> Self {
+        let view = |v: u32| h.release(v).map(|r| ReleaseView::new(r, h.state_of(r)));
+        RouteView {
+            name: h.record.route.clone(),
+            model: alias.to_owned(),
+            phase: h.record.phase,
+            share: h.record.share,
+            serving: h.serving(),
+            stable: view(h.record.stable),
+            candidate: h.record.candidate.and_then(view),
+            quality: judge.quality,
+            noise_floor: judge.noise_floor,
+            samples: judge.samples,
+            error_rate,
+            releases: None,
+            events: None,
+        }
+    }
+
+    /// With every release and the given events.
+    pub fn with_detail(mut self, h: &RouteHistory, events: &[EventRecord]) -> Self {
+        self.releases = Some(
+            h.releases
+                .iter()
+                .map(|r| ReleaseView::new(r, h.state_of(r)))
+                .collect(),
+        );
+        self.events = Some(events.iter().map(EventView::from).collect());
+        self
+    }
+}
+
+/// One release.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseView {
+    pub version: u32,
+    pub label: Option<String>,
+    pub upstream: String,
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub params: Map<String, Value>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub state: ReleaseState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBackView>,
+}
+
+impl ReleaseView {
+    fn new(r: &ReleaseRecord, state: ReleaseState) -> Self {
+        ReleaseView {
+            version: r.version,
+            label: r.label.clone(),
+            upstream: r.upstream.clone(),
+            model: r.model.clone(),
+            system_prompt: r.system_prompt.clone(),
+            params: r.params.clone(),
+            created_at: rfc3339(r.created_at_ms),
+            state,
+            rolled_back: r.rolled_back.as_ref().map(|rb| RolledBackView {
+                at: rfc3339(rb.at_ms),
+                trigger: rb.trigger,
+                reason: rb.reason.clone(),
+            }),
+        }
+    }
+}
+
+/// When and why a release was rolled back.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledBackView {
+    /// RFC 3339.
+    pub at: String,
+    pub trigger: Trigger,
+    pub reason: String,
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    /// RFC 3339.
+    pub at: String,
+    pub kind: EventKind,
+    pub from: Option<u32>,
+    pub to: Option<u32>,
+    pub phase: Option<Phase>,
+    pub share: Option<f64>,
+    pub trigger: Option<Trigger>,
+    pub reason: Option<String>,
+}
+
+impl From<&EventRecord> for EventView {
+    fn from(e: &EventRecord) -> Self {
+        EventView {
+            at: rfc3339(e.at_ms),
+            kind: e.kind,
+            from: e.from_version,
+            to: e.to_version,
+            phase: e.phase,
+            share: e.share,
+            trigger: e.trigger,
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+/// What one Alertmanager alert did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertOutcome {
+    pub route: String,
+    pub outcome: AlertEffect,
+}
+
+/// The effect of one firing alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEffect {
+    /// The route's candidate was rolled back.
+    RolledBack,
+    /// The route has no candidate (a repeat, or nothing to do).
+    NoCandidate,
+    /// The alert began before the current candidate was published: about an earlier one.
+    Stale,
+    /// No route of that name.
+    UnknownRoute,
+    /// The rollback could not be committed.
+    Failed,
+}
+
+/// Unix milliseconds as RFC 3339 with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}

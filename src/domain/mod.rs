@@ -1,0 +1,12 @@
+//! The bottom layer: the vocabulary every other module shares and nothing else. Plumbing types
+//! (the body every request and response uses, the boxed error) and the typed domain of releases
+//! (phases, triggers, event kinds, release states, one release definition with its one
+//! validation). Imports nothing from the crate.
+
+mod body;
+mod release;
+mod vocabulary;
+
+pub use body::{full, Body, BoxError};
+pub use release::{Prices, ReleaseSpec};
+pub use vocabulary::{EventKind, Phase, ReleaseState, Role, Trigger, UnknownName};
