@@ -11,16 +11,18 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{Alert, Change, ChangeError, Command, Refused, SampleOrder};
+use crate::control::{Change, ChangeError, Command, Refused, SampleOrder};
 use crate::domain::{full, Body, Phase, Prices, ReleaseSpec, Trigger};
 use crate::metrics::Metrics;
 use crate::proxy::{error_response, text_response};
 
+mod alertmanager;
 mod client;
 
 pub use client::AdminClient;
@@ -40,8 +42,15 @@ type Reply = Result<Response<Body>, Infallible>;
 
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
-        let path = req.uri().path().to_string();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // Each segment percent-decoded, so a route name the client encoded is found as named.
+        let decoded: Vec<String> = req
+            .uri()
+            .path()
+            .trim_matches('/')
+            .split('/')
+            .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .collect();
+        let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let method = req.method().clone();
         let mutating =
             method == Method::POST || matches!(segments.as_slice(), [_, _, _, "samples"]);
@@ -163,20 +172,18 @@ impl Admin {
     }
 
     async fn samples(&self, name: &str, query: Option<&str>) -> Response<Body> {
-        let query = query.unwrap_or("");
         let param = |k: &str| {
-            query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .find_map(|(key, value)| (key == k).then_some(value))
         };
-        let order = match param("order") {
+        let order = match param("order").as_deref() {
             None | Some("worst") => SampleOrder::Worst,
             Some("random") => SampleOrder::Random,
             Some(other) => {
                 return bad_request(&format!("order must be worst or random, not {other:?}"))
             }
         };
-        let limit = match param("limit").map(str::parse::<usize>) {
+        let limit = match param("limit").map(|l| l.parse::<usize>()) {
             None => 20,
             Some(Ok(n)) => n,
             Some(Err(_)) => return bad_request("limit must be a whole number"),
@@ -201,77 +208,16 @@ impl Admin {
     /// Alertmanager's webhook (payload version 4): each firing alert labelled with
     /// `understudy_route` rolls that route's candidate back.
     async fn alertmanager(&self, body: Value) -> Response<Body> {
-        let payload: AlertmanagerPayload = match serde_json::from_value(body) {
-            Ok(p) => p,
-            Err(e) => return bad_request(&format!("not an Alertmanager webhook payload: {e}")),
+        let alerts = match alertmanager::firing(body) {
+            Ok(alerts) => alerts,
+            Err(message) => return bad_request(&message),
         };
-        if payload.version != "4" {
-            return bad_request(&format!(
-                "unsupported Alertmanager payload version {:?} (4 expected)",
-                payload.version
-            ));
-        }
-        let mut alerts = Vec::new();
-        for a in payload.alerts {
-            let Some(route) = a.labels.get("understudy_route").and_then(Value::as_str) else {
-                continue;
-            };
-            if a.status != "firing" {
-                continue;
-            }
-            let Ok(starts) = humantime::parse_rfc3339_weak(&a.starts_at) else {
-                return bad_request(&format!(
-                    "alert startsAt {:?} is not an RFC 3339 time",
-                    a.starts_at
-                ));
-            };
-            let starts_at_ms = starts
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let name = a
-                .labels
-                .get("alertname")
-                .and_then(Value::as_str)
-                .unwrap_or("alert");
-            let summary = a
-                .annotations
-                .get("summary")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let reason = if summary.is_empty() {
-                name.to_string()
-            } else {
-                format!("{name}: {summary}")
-            };
-            alerts.push(Alert {
-                route: route.to_string(),
-                reason,
-                starts_at_ms,
-            });
-        }
         let (reply, rx) = oneshot::channel();
         match self.ask(Command::Alerts { alerts, reply }, rx).await {
             Some(outcomes) => json_response(StatusCode::OK, &json!({ "alerts": outcomes })),
             None => unavailable(),
         }
     }
-}
-
-#[derive(Deserialize)]
-struct AlertmanagerPayload {
-    version: String,
-    alerts: Vec<AlertmanagerAlert>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AlertmanagerAlert {
-    status: String,
-    #[serde(default)]
-    labels: serde_json::Map<String, Value>,
-    #[serde(default)]
-    annotations: serde_json::Map<String, Value>,
-    starts_at: String,
 }
 
 #[derive(Deserialize)]

@@ -54,6 +54,25 @@ impl Judge {
         }
     }
 
+    /// Why the judge decided `trigger`, in words, for the event log and the logs.
+    pub fn explain(&self, trigger: Trigger, cfg: &RollbackConfig) -> String {
+        match trigger {
+            Trigger::Errors => format!(
+                "candidate error rate {:.3} above {} over {} samples",
+                self.error_rate(),
+                cfg.max_error_rate,
+                self.samples()
+            ),
+            _ => format!(
+                "quality {:.3} below {} over {} samples (noise floor {:.3})",
+                self.quality().unwrap_or(0.0),
+                cfg.threshold,
+                self.samples(),
+                self.noise_floor().unwrap_or(0.0)
+            ),
+        }
+    }
+
     pub fn record(&mut self, score: f64, errored: bool, window: usize) {
         push_bounded(&mut self.candidate, (score, errored), window);
     }
@@ -145,6 +164,27 @@ mod tests {
             max_error_rate: 0.05,
             auto: true,
         }
+    }
+
+    #[test]
+    fn explains_with_the_figures_it_judged_on() {
+        let mut j = Judge::default();
+        for _ in 0..10 {
+            j.record_noise(0.8, 200);
+            j.record(0.4, false, 200);
+        }
+        j.record(0.0, true, 200);
+        assert_eq!(
+            j.explain(Trigger::Quality, &cfg()),
+            format!(
+                "quality {:.3} below 0.8 over 11 samples (noise floor 0.800)",
+                j.quality().unwrap()
+            )
+        );
+        assert_eq!(
+            j.explain(Trigger::Errors, &cfg()),
+            "candidate error rate 0.091 above 0.05 over 11 samples"
+        );
     }
 
     /// Feeds `n` candidate scores drawn around `mean` and noise scores around `floor`.

@@ -222,6 +222,26 @@ pub fn rollback(
     Ok(Some(t))
 }
 
+/// Whether a firing alert that started at `starts_at_ms` may roll back the route's candidate:
+/// Ok when it may, else why not. An alert that started before the current candidate was
+/// published is about an earlier one (a late repeat), so it leaves the new candidate alone.
+pub fn alert_applies(h: &RouteHistory, starts_at_ms: i64) -> Result<(), AlertBlocked> {
+    match h.record.candidate.and_then(|c| h.release(c)) {
+        None => Err(AlertBlocked::NoCandidate),
+        Some(c) if c.created_at_ms > starts_at_ms => Err(AlertBlocked::Stale),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Why an alert rolls nothing back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertBlocked {
+    /// The route has no candidate (a repeat of an alert already acted on, or nothing to do).
+    NoCandidate,
+    /// The alert began before the current candidate existed.
+    Stale,
+}
+
 /// A promoted candidate becomes the new stable.
 pub fn finalize(h: &RouteHistory, now_ms: i64) -> Result<Transition, Refused> {
     let route = &h.record.route;
@@ -415,6 +435,24 @@ mod tests {
         states: &[&'static str],
     ) -> (String, u32, Option<u32>, Vec<&'static str>) {
         (phase.to_string(), stable, candidate, states.to_vec())
+    }
+
+    #[test]
+    fn alerts_roll_back_only_the_candidate_they_are_about() {
+        let h = start(&route(Some("new"), "old"));
+        let published = h.release(2).unwrap().created_at_ms;
+        assert_eq!(alert_applies(&h, published), Ok(()));
+        assert_eq!(alert_applies(&h, published + 60_000), Ok(()));
+        assert_eq!(alert_applies(&h, published - 1), Err(AlertBlocked::Stale));
+        let t = rollback(&h, None, Trigger::Alert, "firing", published + 1)
+            .unwrap()
+            .unwrap();
+        let mut after = h.clone();
+        after.apply(&t);
+        assert_eq!(
+            alert_applies(&after, published + 1),
+            Err(AlertBlocked::NoCandidate)
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod store;
 mod views;
 
 use judge::Judge;
-use lifecycle::RouteHistory;
+use lifecycle::{AlertBlocked, RouteHistory};
 use reviews::{OutputView, ReviewList, Reviews};
 use store::{Store, Transition};
 use views::{AlertEffect, AlertOutcome};
@@ -383,28 +383,28 @@ impl Controller {
     }
 
     fn alert(&mut self, a: Alert) -> AlertOutcome {
-        let outcome = match self.routes.get(&a.route).map(|rt| &rt.history) {
+        let applies = self
+            .routes
+            .get(&a.route)
+            .map(|rt| lifecycle::alert_applies(&rt.history, a.starts_at_ms));
+        let outcome = match applies {
             None => AlertEffect::UnknownRoute,
-            Some(h) => match h.record.candidate.and_then(|c| h.release(c)) {
-                None => AlertEffect::NoCandidate,
-                // A repeat of an alert that started before this candidate existed is about an
-                // earlier one: it does not roll back the new candidate.
-                Some(c) if c.created_at_ms > a.starts_at_ms => AlertEffect::Stale,
-                Some(_) => {
-                    let change = Change::Rollback {
-                        to: None,
-                        trigger: Trigger::Alert,
-                        reason: a.reason.clone(),
-                    };
-                    match self.change(&a.route, change) {
-                        Ok(()) => AlertEffect::RolledBack,
-                        Err(e) => {
-                            tracing::error!(route = %a.route, error = %e, "alert rollback failed");
-                            AlertEffect::Failed
-                        }
+            Some(Err(AlertBlocked::NoCandidate)) => AlertEffect::NoCandidate,
+            Some(Err(AlertBlocked::Stale)) => AlertEffect::Stale,
+            Some(Ok(())) => {
+                let change = Change::Rollback {
+                    to: None,
+                    trigger: Trigger::Alert,
+                    reason: a.reason.clone(),
+                };
+                match self.change(&a.route, change) {
+                    Ok(()) => AlertEffect::RolledBack,
+                    Err(e) => {
+                        tracing::error!(route = %a.route, error = %e, "alert rollback failed");
+                        AlertEffect::Failed
                     }
                 }
-            },
+            }
         };
         AlertOutcome {
             route: a.route,
@@ -462,21 +462,7 @@ impl Controller {
         let Some(trigger) = rt.judge.decide(&policy.rollback) else {
             return;
         };
-        let reason = match trigger {
-            Trigger::Errors => format!(
-                "candidate error rate {:.3} above {} over {} samples",
-                rt.judge.error_rate(),
-                policy.rollback.max_error_rate,
-                rt.judge.samples()
-            ),
-            _ => format!(
-                "quality {:.3} below {} over {} samples (noise floor {:.3})",
-                rt.judge.quality().unwrap_or(0.0),
-                policy.rollback.threshold,
-                rt.judge.samples(),
-                rt.judge.noise_floor().unwrap_or(0.0)
-            ),
-        };
+        let reason = rt.judge.explain(trigger, &policy.rollback);
         if !policy.rollback.auto {
             // Alert-only: the quality gauge and Prometheus rules carry it from here.
             tracing::warn!(route = %s.route, trigger = trigger.as_str(), %reason, "judge would roll back (auto = false)");
