@@ -1,8 +1,10 @@
 //! The layering of ARCHITECTURE.md, checked: each top-level module of `src/` may refer only to
 //! modules below it in [`LAYERS`], so no two folders import each other and a new import that
 //! points up (the start of a circle) fails here with the file and line that made it.
-#![expect(clippy::unwrap_used, reason = "test code: a failure is the test failing")]
-
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is the test failing"
+)]
 
 use std::path::{Path, PathBuf};
 

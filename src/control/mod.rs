@@ -26,8 +26,8 @@ mod views;
 
 use judge::Judge;
 use lifecycle::{AlertBlocked, RouteHistory};
-use reviews::{OutputView, ReviewList, Reviews};
-use store::{Store, Transition};
+use reviews::{OutputView, Reviews};
+use store::{SampleList, Store, Transition};
 use views::{AlertEffect, AlertOutcome};
 
 pub use reviews::ReviewSample;
@@ -194,19 +194,19 @@ impl Controller {
             let history = history.ok_or_else(|| {
                 StartError::Invalid(format!("route {name}: no state after reconciling"))
             })?;
-            let list = |kind: ReviewList| -> Result<Vec<ReviewSample>, StoreError> {
+            let list = |list: SampleList| -> Result<Vec<ReviewSample>, StoreError> {
                 Ok(store
-                    .samples(name, kind.as_str())?
+                    .samples(name, list)?
                     .iter()
                     .filter_map(|s| serde_json::from_str(s).ok())
                     .collect())
             };
             let seen = store
-                .samples(name, ReviewList::Seen.as_str())?
+                .samples(name, SampleList::Seen)?
                 .first()
                 .and_then(|s| s.parse().ok());
             let reviews =
-                Reviews::restore(list(ReviewList::Worst)?, list(ReviewList::Random)?, seen);
+                Reviews::restore(list(SampleList::Worst)?, list(SampleList::Random)?, seen);
             routes.insert(
                 name.clone(),
                 RouteRuntime {
@@ -494,15 +494,12 @@ impl Controller {
             let seen = [rt.reviews.seen().to_string()];
             let written = self
                 .store
-                .replace_samples(name, ReviewList::Worst.as_str(), &worst)
+                .replace_samples(name, SampleList::Worst, &worst)
                 .and_then(|()| {
                     self.store
-                        .replace_samples(name, ReviewList::Random.as_str(), &random)
+                        .replace_samples(name, SampleList::Random, &random)
                 })
-                .and_then(|()| {
-                    self.store
-                        .replace_samples(name, ReviewList::Seen.as_str(), &seen)
-                });
+                .and_then(|()| self.store.replace_samples(name, SampleList::Seen, &seen));
             match written {
                 Ok(()) => rt.reviews.dirty = false,
                 Err(e) => tracing::warn!(route = %name, error = %e, "review samples not saved"),

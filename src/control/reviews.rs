@@ -10,28 +10,6 @@ use serde_json::Value;
 
 use crate::observe::Observation;
 
-/// The lists kept in the store for one route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReviewList {
-    /// The worst samples, ascending by score.
-    Worst,
-    /// The uniform reservoir.
-    Random,
-    /// One document: how many samples the reservoir has seen, so a restart keeps it uniform.
-    Seen,
-}
-
-impl ReviewList {
-    /// The store's name of the list.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReviewList::Worst => "worst",
-            ReviewList::Random => "random",
-            ReviewList::Seen => "random_seen",
-        }
-    }
-}
-
 /// A request/output pair kept for review.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReviewSample {

@@ -11,8 +11,8 @@
 //!   per route; stable and candidate must name existing releases of that route.
 //! - `events`: the append-only history of changes, numbered by an ever-increasing id and indexed
 //!   by (route, id).
-//! - `samples`: each route's kept review samples per kind ("worst", "random"), as opaque JSON
-//!   documents in order.
+//! - `samples`: each route's kept review samples per [`SampleList`], as opaque JSON documents
+//!   in order.
 //!
 //! The schema version lives in `PRAGMA user_version`; `MIGRATIONS` lists the SQL steps that
 //! bring a file from any older version to the current one.
@@ -156,6 +156,29 @@ pub struct Transition {
     pub events: Vec<EventRecord>,
 }
 
+/// The lists of review documents kept per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleList {
+    /// The worst samples, ascending by score.
+    Worst,
+    /// The uniform reservoir.
+    Random,
+    /// One document: how many samples the reservoir has been offered, so a restart keeps it
+    /// uniform.
+    Seen,
+}
+
+impl SampleList {
+    /// The list's name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SampleList::Worst => "worst",
+            SampleList::Random => "random",
+            SampleList::Seen => "random_seen",
+        }
+    }
+}
+
 /// Names one release of one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseKey {
@@ -216,14 +239,13 @@ pub trait Store: Send {
     fn commit(&mut self, t: &Transition) -> Result<(), StoreError>;
     /// The newest `limit` events of a route, oldest first.
     fn events(&self, route: &str, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
-    /// Replaces a route's kept review samples (each an opaque JSON document) of one kind
-    /// ("worst" or "random").
+    /// Replaces one of a route's kept lists of review documents (each opaque JSON).
     fn replace_samples(
         &mut self,
         route: &str,
-        kind: &str,
+        list: SampleList,
         samples: &[String],
     ) -> Result<(), StoreError>;
-    /// A route's kept review samples of one kind, in the order they were given.
-    fn samples(&self, route: &str, kind: &str) -> Result<Vec<String>, StoreError>;
+    /// One of a route's kept lists, in the order it was given.
+    fn samples(&self, route: &str, list: SampleList) -> Result<Vec<String>, StoreError>;
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
 
 use super::{
-    EventRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, Store, StoreError,
-    Transition,
+    EventRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, SampleList, Store,
+    StoreError, Transition,
 };
 use crate::domain::{Phase, Prices, Trigger, UnknownName};
 
@@ -275,28 +275,28 @@ impl Store for SqliteStore {
     fn replace_samples(
         &mut self,
         route: &str,
-        kind: &str,
+        list: SampleList,
         samples: &[String],
     ) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.prepare_cached(DELETE_SAMPLES)?
-            .execute(params![route, kind])?;
+            .execute(params![route, list.as_str()])?;
         {
             let mut stmt = tx.prepare_cached(INSERT_SAMPLE)?;
             for (position, doc) in (0_i64..).zip(samples) {
-                stmt.execute(params![route, kind, position, doc])?;
+                stmt.execute(params![route, list.as_str(), position, doc])?;
             }
         }
         tx.commit()?;
         Ok(())
     }
 
-    fn samples(&self, route: &str, kind: &str) -> Result<Vec<String>, StoreError> {
+    fn samples(&self, route: &str, list: SampleList) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(SELECT_SAMPLES)?;
         let docs = stmt
-            .query_map(params![route, kind], |row| row.get(0))?
+            .query_map(params![route, list.as_str()], |row| row.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
         Ok(docs)
     }

@@ -356,17 +356,27 @@ fn events_are_newest_first_limited_then_returned_oldest_first() {
 fn samples_are_replaced_per_route_and_kind() {
     let (_dir, mut store) = open_temp();
     let docs = |n: usize| -> Vec<String> { (0..n).map(|i| format!(r#"{{"i":{i}}}"#)).collect() };
-    store.replace_samples("bot", "worst", &docs(12)).unwrap();
-    store.replace_samples("bot", "random", &docs(2)).unwrap();
-    store.replace_samples("other", "worst", &docs(1)).unwrap();
-    assert_eq!(store.samples("bot", "worst").unwrap(), docs(12)); // order kept past 10
-    store.replace_samples("bot", "worst", &docs(3)).unwrap();
-    assert_eq!(store.samples("bot", "worst").unwrap(), docs(3));
-    assert_eq!(store.samples("bot", "random").unwrap(), docs(2));
-    assert_eq!(store.samples("other", "worst").unwrap(), docs(1));
-    store.replace_samples("bot", "worst", &[]).unwrap();
-    assert_eq!(store.samples("bot", "worst").unwrap(), docs(0));
-    assert_eq!(store.samples("nobody", "worst").unwrap(), docs(0));
+    store
+        .replace_samples("bot", SampleList::Worst, &docs(12))
+        .unwrap();
+    store
+        .replace_samples("bot", SampleList::Random, &docs(2))
+        .unwrap();
+    store
+        .replace_samples("other", SampleList::Worst, &docs(1))
+        .unwrap();
+    assert_eq!(store.samples("bot", SampleList::Worst).unwrap(), docs(12)); // order kept past 10
+    store
+        .replace_samples("bot", SampleList::Worst, &docs(3))
+        .unwrap();
+    assert_eq!(store.samples("bot", SampleList::Worst).unwrap(), docs(3));
+    assert_eq!(store.samples("bot", SampleList::Random).unwrap(), docs(2));
+    assert_eq!(store.samples("other", SampleList::Worst).unwrap(), docs(1));
+    store
+        .replace_samples("bot", SampleList::Worst, &[])
+        .unwrap();
+    assert_eq!(store.samples("bot", SampleList::Worst).unwrap(), docs(0));
+    assert_eq!(store.samples("nobody", SampleList::Worst).unwrap(), docs(0));
 }
 
 #[test]
@@ -376,7 +386,7 @@ fn reopening_sees_everything_committed() {
     let mut store = SqliteStore::open(&path).unwrap();
     store.commit(&base()).unwrap();
     store
-        .replace_samples("bot", "worst", &[r#"{"score":0.1}"#.into()])
+        .replace_samples("bot", SampleList::Worst, &[r#"{"score":0.1}"#.into()])
         .unwrap();
     let loaded = store.load().unwrap();
     let events = store.events("bot", 10).unwrap();
@@ -384,7 +394,10 @@ fn reopening_sees_everything_committed() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.load().unwrap(), loaded);
     assert_eq!(store.events("bot", 10).unwrap(), events);
-    assert_eq!(store.samples("bot", "worst").unwrap(), [r#"{"score":0.1}"#]);
+    assert_eq!(
+        store.samples("bot", SampleList::Worst).unwrap(),
+        [r#"{"score":0.1}"#]
+    );
 }
 
 #[test]
