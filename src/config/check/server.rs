@@ -1,0 +1,76 @@
+//! `[server]`, `[admin]` and `[store]`: the listeners and the embedded store.
+
+use std::path::PathBuf;
+
+use super::Checker;
+use crate::config::raw;
+use crate::config::types::{AdminConfig, ServerConfig, StoreConfig};
+
+const DEFAULT_STORE_PATH: &str = "data/understudy.db";
+const MAX_WORKERS: usize = 1024;
+
+impl<'a> Checker<'a> {
+    pub(super) fn server(&mut self) -> ServerConfig {
+        let raw: raw::Server = self.optional_section(self.doc.get("server"), &["server"]);
+        let default = ServerConfig::default();
+        ServerConfig {
+            listen: self.socket_addr(&["server", "listen"], raw.listen, default.listen),
+            max_body_bytes: self.checked(
+                &["server", "max_body_bytes"],
+                raw.max_body_bytes,
+                default.max_body_bytes,
+                |v| v > 0,
+                "must be greater than 0",
+            ),
+            upstream_timeout: self.secs(
+                &["server", "upstream_timeout_secs"],
+                raw.upstream_timeout_secs,
+                default.upstream_timeout,
+            ),
+            connect_timeout: self.secs(
+                &["server", "connect_timeout_secs"],
+                raw.connect_timeout_secs,
+                default.connect_timeout,
+            ),
+            shutdown_grace: self.secs(
+                &["server", "shutdown_grace_secs"],
+                raw.shutdown_grace_secs,
+                default.shutdown_grace,
+            ),
+            workers: raw.workers.map(|w| {
+                self.checked(
+                    &["server", "workers"],
+                    Some(w),
+                    1,
+                    |v| (1..=MAX_WORKERS).contains(&v),
+                    "must be between 1 and 1024",
+                )
+            }),
+        }
+    }
+
+    pub(super) fn admin(&mut self) -> AdminConfig {
+        let raw: raw::Admin = self.optional_section(self.doc.get("admin"), &["admin"]);
+        let default = AdminConfig::default();
+        AdminConfig {
+            listen: self.socket_addr(&["admin", "listen"], raw.listen, default.listen),
+            token_env: self
+                .env_name(&["admin", "token_env"], raw.token_env)
+                .unwrap_or(default.token_env),
+        }
+    }
+
+    pub(super) fn store(&mut self) -> StoreConfig {
+        let raw: raw::Store = self.optional_section(self.doc.get("store"), &["store"]);
+        let path = match raw.path {
+            Some(path) if path.is_empty() => {
+                self.report(&["store", "path"], "must not be empty");
+                PathBuf::new()
+            }
+            path => self
+                .base_dir
+                .join(path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
+        };
+        StoreConfig { path }
+    }
+}

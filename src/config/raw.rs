@@ -1,0 +1,113 @@
+//! The file as written: every key optional here, required ones are checked afterwards so that
+//! their absence is reported like any other problem. Each section is deserialized on its own
+//! by the checker (`check`), so one bad section does not hide problems in another.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use super::types::ApiFlavor;
+use crate::domain::Prices;
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub upstream_timeout_secs: Option<u64>,
+    pub connect_timeout_secs: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub workers: Option<usize>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    pub path: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub default: Option<bool>,
+    pub api: Option<ApiFlavor>,
+    pub ca_file: Option<String>,
+}
+
+/// A route's own keys; its sub-tables are only accepted here and deserialized separately.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub model: Option<String>,
+    pub phase: Option<String>,
+    pub share: Option<f64>,
+    pub sticky_key: Option<String>,
+    #[serde(rename = "stable")]
+    pub _stable: Option<IgnoredAny>,
+    #[serde(rename = "candidate")]
+    pub _candidate: Option<IgnoredAny>,
+    #[serde(rename = "shadow")]
+    pub _shadow: Option<IgnoredAny>,
+    #[serde(rename = "scoring")]
+    pub _scoring: Option<IgnoredAny>,
+    #[serde(rename = "rollback")]
+    pub _rollback: Option<IgnoredAny>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub label: Option<String>,
+    pub upstream: Option<String>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    pub system_prompt_file: Option<String>,
+    pub params: Option<toml::Table>,
+    pub prices: Option<Prices>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    pub max_inflight: Option<usize>,
+    pub max_rps: Option<f64>,
+    pub max_tokens_per_min: Option<u64>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scoring {
+    pub noise_floor_share: Option<f64>,
+    pub weights: Option<Weights>,
+    pub keep_worst: Option<usize>,
+    pub keep_random: Option<usize>,
+    pub redact_requests: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Weights {
+    pub lexical: Option<f64>,
+    pub structure: Option<f64>,
+    pub length: Option<f64>,
+    pub refusal: Option<f64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    pub threshold: Option<f64>,
+    pub window: Option<usize>,
+    pub min_samples: Option<usize>,
+    pub max_error_rate: Option<f64>,
+    pub auto: Option<bool>,
+}

@@ -1,0 +1,218 @@
+//! The validated runtime types: one per section of the file, with their defaults. Built only
+//! by the checker (`check`), so a value of these types has passed every rule.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, Uri};
+use rustls::pki_types::CertificateDer;
+use serde::Deserialize;
+
+use crate::domain::{Phase, ReleaseSpec};
+
+/// `[server]`: the proxy listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// `listen`, default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// `max_body_bytes`, default 10 MiB.
+    pub max_body_bytes: usize,
+    /// `upstream_timeout_secs`, default 300.
+    pub upstream_timeout: Duration,
+    /// `connect_timeout_secs`, default 10.
+    pub connect_timeout: Duration,
+    /// `shutdown_grace_secs`, default 30.
+    pub shutdown_grace: Duration,
+    /// `workers`: proxy worker threads; default (None) one per available core.
+    pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Proxy worker threads to run: `workers`, or one per available core.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 10 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            workers: None,
+        }
+    }
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// `listen`, default 127.0.0.1:8081.
+    pub listen: SocketAddr,
+    /// `token_env`: the environment variable holding the bearer token, default
+    /// `UNDERSTUDY_ADMIN_TOKEN`.
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token_env: "UNDERSTUDY_ADMIN_TOKEN".to_owned(),
+        }
+    }
+}
+
+/// `[store]`: the embedded database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// `path`, default `data/understudy.db`, resolved against the config file's directory.
+    pub path: PathBuf,
+}
+
+/// The wire protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiFlavor {
+    /// OpenAI and compatible servers (`api = "openai"`).
+    OpenAi,
+    /// Anthropic Messages API (`api = "anthropic"`).
+    Anthropic,
+}
+
+/// `[upstreams.NAME]`: one upstream LLM API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// The table's name.
+    pub name: String,
+    /// `base_url`: http or https with a host; its path is `/` or a prefix without trailing slash.
+    pub base_url: Uri,
+    /// `api_key_env`: if set, the key from this environment variable replaces the client's.
+    pub api_key_env: Option<String>,
+    /// Whether unmatched requests go here.
+    pub default: bool,
+    /// `api`; default: Anthropic if the host contains "anthropic", else OpenAI.
+    pub api: ApiFlavor,
+    /// `ca_file`: extra trusted CA certificates (https only).
+    pub ca_file: Option<CaFile>,
+}
+
+/// A PEM file of CA certificates, read and checked when the configuration is loaded. Its
+/// certificates are trusted, besides the webpki roots, for every https upstream of the process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaFile {
+    /// The file, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// Its certificates (DER), at least one, each valid as a trust anchor.
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+/// What keeps a user on the same side of a canary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    /// `header:NAME`: a request header (name lower-cased).
+    Header(HeaderName),
+    /// `body:FIELD`: a field of the JSON request body.
+    Body(String),
+}
+
+/// `[routes.NAME]`: one managed stream of LLM traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// The table's name (a metric label).
+    pub name: String,
+    /// `model`: the alias applications send.
+    pub model: String,
+    /// `phase`, default stable.
+    pub phase: Phase,
+    /// `share`, in [0, 1], default 0.05.
+    pub share: f64,
+    /// `sticky_key`; absent: random.
+    pub sticky_key: Option<StickyKey>,
+    /// `[routes.NAME.stable]`.
+    pub stable: ReleaseSpec,
+    /// `[routes.NAME.candidate]`.
+    pub candidate: Option<ReleaseSpec>,
+    /// `[routes.NAME.shadow]`.
+    pub shadow: ShadowConfig,
+    /// `[routes.NAME.scoring]`.
+    pub scoring: ScoringConfig,
+    /// `[routes.NAME.rollback]`.
+    pub rollback: RollbackConfig,
+}
+
+/// `[routes.NAME.shadow]`: limits on mirrored traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// `max_inflight`, default 64.
+    pub max_inflight: usize,
+    /// `max_rps`, default 20.
+    pub max_rps: f64,
+    /// `max_tokens_per_min`, default none.
+    pub max_tokens_per_min: Option<u64>,
+    /// `timeout_secs`, default `server.upstream_timeout`.
+    pub timeout: Duration,
+}
+
+/// Weights of the scorers (`weights = { lexical, structure, length, refusal }`).
+pub use crate::score::Weights;
+
+/// `[routes.NAME.scoring]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoringConfig {
+    /// `noise_floor_share`, default 0.02.
+    pub noise_floor_share: f64,
+    /// `weights`; missing keys take their default.
+    pub weights: Weights,
+    /// `keep_worst`, default 20.
+    pub keep_worst: usize,
+    /// `keep_random`, default 50.
+    pub keep_random: usize,
+    /// `redact_requests`, default false.
+    pub redact_requests: bool,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        Self {
+            noise_floor_share: 0.02,
+            weights: Weights::default(),
+            keep_worst: 20,
+            keep_random: 50,
+            redact_requests: false,
+        }
+    }
+}
+
+/// `[routes.NAME.rollback]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackConfig {
+    /// `threshold`, default 0.80.
+    pub threshold: f64,
+    /// `window`, default 200.
+    pub window: usize,
+    /// `min_samples`, default 30.
+    pub min_samples: usize,
+    /// `max_error_rate`, default 0.05.
+    pub max_error_rate: f64,
+    /// `auto`, default true.
+    pub auto: bool,
+}
+
+impl Default for RollbackConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.80,
+            window: 200,
+            min_samples: 30,
+            max_error_rate: 0.05,
+            auto: true,
+        }
+    }
+}
