@@ -1,0 +1,152 @@
+//! OpenAI chat completions (`/v1/chat/completions`) and legacy completions (`/v1/completions`):
+//! their wire structs and how their bodies and stream chunks add to the [`Assembly`].
+//!
+//! The two APIs share one wire shape (a `choices` array, of which only choice 0 is read, and
+//! `usage`); a choice carries `text` for completions and `message` (`delta` when streaming) for
+//! chat, and both are read by the same code, so legacy completions has no file of its own.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::assembly::{Assembly, WireUsage};
+use super::types::FinishReason;
+
+impl Assembly {
+    /// Reads one chat or completions stream event (other than `[DONE]`).
+    pub(super) fn chat_event(&mut self, data: &str) -> serde_json::Result<()> {
+        serde_json::from_str(data).map(|chunk| self.openai(chunk))
+    }
+
+    /// Parses and reads a whole chat or completions body.
+    pub(super) fn chat_body(&mut self, bytes: &[u8]) -> serde_json::Result<()> {
+        serde_json::from_slice(bytes).map(|body| self.openai(body))
+    }
+
+    /// Reads only the usage of a whole chat or completions body.
+    pub(super) fn chat_usage(bytes: &[u8]) -> serde_json::Result<Option<WireUsage>> {
+        serde_json::from_slice(bytes).map(|b: ChatUsage| b.usage)
+    }
+
+    /// Reads an OpenAI chat or completions body or stream chunk.
+    fn openai(&mut self, body: OpenAiBody<'_>) {
+        if let Some(choice) = body.choices {
+            if let Some(text) = &choice.text {
+                self.push_text(text);
+            }
+            if let Some(message) = choice.message {
+                if let Some(content) = &message.content {
+                    self.push_text(content);
+                }
+                for (position, call) in message.tool_calls.iter().flatten().enumerate() {
+                    let function = call.function.as_ref();
+                    self.tool_call(
+                        call.index.unwrap_or(position as u64),
+                        function.and_then(|f| f.name.as_deref()),
+                        function.and_then(|f| f.arguments.as_deref()).unwrap_or(""),
+                    );
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(FinishReason::from_openai(&reason));
+            }
+        }
+        if let Some(usage) = body.usage {
+            self.usage = usage.into();
+        }
+    }
+}
+
+impl FinishReason {
+    /// Reads an OpenAI chat or completions `finish_reason`.
+    fn from_openai(reason: &str) -> Self {
+        match reason {
+            "stop" => FinishReason::Stop,
+            "length" => FinishReason::Length,
+            "tool_calls" | "function_call" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            other => FinishReason::Other(other.to_owned()),
+        }
+    }
+}
+
+/// An OpenAI chat or completions body, or one stream chunk of either.
+#[derive(Deserialize)]
+struct OpenAiBody<'a> {
+    #[serde(borrow, deserialize_with = "choice_zero")]
+    choices: Option<Choice<'a>>,
+    usage: Option<WireUsage>,
+}
+
+/// One choice: `text` for completions, `message` (or `delta` when
+/// streaming) for chat.
+#[derive(Deserialize)]
+struct Choice<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, alias = "delta")]
+    message: Option<ChatMessage<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ChatToolCall<'a>>>,
+}
+
+/// A chat tool call, whole or as a stream delta (which carries `index`).
+#[derive(Deserialize)]
+struct ChatToolCall<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    function: Option<ChatFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChatFunction<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// Reads a `choices` array keeping only choice 0 (the first choice whose
+/// `index` is 0 or absent), without collecting the others.
+fn choice_zero<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Choice<'de>>, D::Error> {
+    struct ChoiceZero;
+    impl<'de> Visitor<'de> for ChoiceZero {
+        type Value = Option<Choice<'de>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of choices")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut zero = None;
+            while let Some(choice) = seq.next_element::<Choice<'de>>()? {
+                if zero.is_none() && choice.index.unwrap_or(0) == 0 {
+                    zero = Some(choice);
+                }
+            }
+            Ok(zero)
+        }
+    }
+    deserializer.deserialize_seq(ChoiceZero)
+}
+
+/// A whole OpenAI chat or completions body read for its usage only (`choices` must be there).
+#[derive(Deserialize)]
+struct ChatUsage {
+    #[serde(rename = "choices")]
+    _choices: IgnoredAny,
+    usage: Option<WireUsage>,
+}
