@@ -1,7 +1,7 @@
 //! The controller: the one owner of change. It owns the store and every route's history,
 //! judge and review samples. Scored samples (from the mirrors) and commands (from the admin API
 //! and Alertmanager) arrive on one queue and are applied one at a time: compute the transition
-//! (pure, in [`crate::lifecycle`]), commit it to the store, then publish the new [`Snapshot`] by
+//! (pure, in `lifecycle.rs`), commit it to the store, then publish the new [`Snapshot`] by
 //! swapping it in whole. The request path only ever reads the snapshot.
 
 use std::collections::{BTreeMap, HashMap};
