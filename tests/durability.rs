@@ -41,20 +41,14 @@ const CALL: Duration = Duration::from_secs(10);
 const ROUTE: &str = "bot";
 
 /// One route with a candidate; its upstream is never called (nothing listens on port 9).
-const DURABILITY_CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{DIR}/store/understudy.db"
-
-[upstreams.nowhere]
-base_url = "http://127.0.0.1:9"
-default = true
-
+fn durability_config() -> String {
+    support::config()
+        .store("store/understudy.db")
+        .without_sim()
+        .upstream("nowhere", "base_url = \"http://127.0.0.1:9\"")
+        .default_upstream("nowhere")
+        .routes(
+            r#"
 [routes.bot]
 model = "support-bot"
 phase = "shadow"
@@ -69,23 +63,14 @@ model = "config-stable-2024-08-06"
 label = "v2"
 upstream = "nowhere"
 model = "config-candidate-2024-11-20"
-"#;
+"#,
+        )
+}
 
 /// The candidate serves everything (phase promoted, nothing mirrored) until it is rolled back.
-const LATENCY_CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{DIR}/understudy.db"
-
-[upstreams.sim]
-base_url = "{SIM}"
-default = true
-
+fn latency_config() -> String {
+    support::config().default_upstream("sim").routes(
+        r#"
 [routes.bot]
 model = "support-bot"
 phase = "promoted"
@@ -101,7 +86,9 @@ model = "sim-candidate-2024-11-20"
 
 [routes.bot.rollback]
 auto = false
-"#;
+"#,
+    )
+}
 
 // ---------------------------------------------------------------------------------------------
 // The process
@@ -685,7 +672,7 @@ async fn acknowledged_changes_survive_sigkill() {
     println!("durability: seed {seed} (replay with DURABILITY_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), DURABILITY_CONFIG, "");
+    let config = write_config(dir.path(), &durability_config(), "");
     let log = Log::default();
     log.push(&format!("seed {seed}"));
     let mut stats = Stats::default();
@@ -870,7 +857,7 @@ async fn admin_change(client: &HttpClient, admin: &str, op: &Op, log: &Log) -> V
 async fn rollback_takes_effect_on_the_very_next_request() {
     let sim = Sim::start(Behavior::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), LATENCY_CONFIG, &sim.url);
+    let config = write_config(dir.path(), &latency_config(), &sim.url);
     let log = Log::default();
     let proc = Understudy::start(&config, &log).await;
     let client = support::client();

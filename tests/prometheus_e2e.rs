@@ -35,7 +35,7 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
-use support::{client, Server, Sim, TOKEN};
+use support::{client, metric_value, metric_value_or_absent, Server, Sim, TOKEN};
 use understudy_sim::{Behavior, Style};
 
 const ROUTE: &str = "bot";
@@ -55,21 +55,14 @@ const DASHBOARD_VARIABLES: &[(&str, &str)] = &[
 
 /// An alert-only route in shadow phase: everything mirrored, a large noise-floor share and a
 /// small window so that quality is known within seconds.
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-upstream_timeout_secs = 10
+fn config() -> String {
+    support::config()
+        .upstream_timeout_secs(10)
+        .default_upstream("sim")
+        .routes(ROUTES)
+}
 
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{DIR}/understudy.db"
-
-[upstreams.sim]
-base_url = "{SIM}"
-default = true
-
+const ROUTES: &str = r#"
 [routes.bot]
 model = "support-bot"
 phase = "shadow"
@@ -129,7 +122,7 @@ async fn a_degraded_candidate_is_rolled_back_through_prometheus_and_alertmanager
         ..Behavior::default()
     })
     .await;
-    let (server, dir) = Server::start(CONFIG, &sim.url).await;
+    let (server, dir) = Server::start(&config(), &sim.url).await;
     let admin_addr = server.admin.trim_start_matches("http://").to_string();
 
     // Their copies for this test, checked too, and the two servers.
@@ -246,11 +239,11 @@ async fn a_degraded_candidate_is_rolled_back_through_prometheus_and_alertmanager
     assert!(after["candidate"].is_null(), "{after:#}");
     let metrics = server.metrics().await;
     assert_eq!(
-        sample(
+        metric_value(
             &metrics,
             &format!(r#"understudy_rollbacks_total{{route="{ROUTE}",trigger="alert"}}"#)
         ),
-        Some(1.0),
+        1.0,
         "{metrics}"
     );
     let am_metrics = stack.get(&format!("{}/metrics", stack.am_url)).await;
@@ -968,20 +961,10 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// The value of the route's sample of gauge `name` in an exposition, if present.
+/// The value of the route's sample of gauge `name` in an exposition, if present: the only gauge
+/// read here, `understudy_quality`, exists only while a candidate has been judged.
 fn gauge(exposition: &str, name: &str) -> Option<f64> {
-    sample(exposition, &format!(r#"{name}{{route="{ROUTE}"}}"#))
-}
-
-/// The value of one exact `name{labels}` sample line, if present.
-fn sample(exposition: &str, name_and_labels: &str) -> Option<f64> {
-    exposition.lines().find_map(|l| {
-        l.strip_prefix(name_and_labels)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    metric_value_or_absent(exposition, &format!(r#"{name}{{route="{ROUTE}"}}"#))
 }
 
 /// The sum of `name`'s samples whose labels contain `integration="INTEGRATION"`.

@@ -14,35 +14,26 @@ use serde_json::{json, Value};
 use support::*;
 use understudy_sim::{Behavior, Fault};
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-upstream_timeout_secs = 2
-max_body_bytes = 65536
-shutdown_grace_secs = 10
+/// The simulator (the default upstream) under three names: as is, with an OpenAI key, as an
+/// Anthropic API with a key; and an upstream nothing listens on.
+fn config() -> ConfigToml {
+    support::config()
+        .upstream_timeout_secs(2)
+        .max_body_bytes(65536)
+        .shutdown_grace_secs(10)
+        .default_upstream("sim")
+        .upstream(
+            "keyed",
+            "base_url = \"{SIM}\"\napi_key_env = \"SIM_OPENAI_KEY\"",
+        )
+        .upstream(
+            "claude",
+            "base_url = \"{SIM}\"\napi = \"anthropic\"\napi_key_env = \"SIM_ANTHROPIC_KEY\"",
+        )
+        .upstream("dead", "base_url = \"http://127.0.0.1:9\"")
+}
 
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{DIR}/understudy.db"
-
-[upstreams.sim]
-base_url = "{SIM}"
-default = true
-
-[upstreams.keyed]
-base_url = "{SIM}"
-api_key_env = "SIM_OPENAI_KEY"
-
-[upstreams.claude]
-base_url = "{SIM}"
-api = "anthropic"
-api_key_env = "SIM_ANTHROPIC_KEY"
-
-[upstreams.dead]
-base_url = "http://127.0.0.1:9"
-
+const ROUTES: &str = r#"
 [routes.bot]
 model = "support-bot"
 
@@ -79,7 +70,7 @@ const ANTHROPIC_SECRET: &str = "sk-ant-upstream-secret";
 async fn setup() -> (Sim, Server, tempfile::TempDir) {
     let sim = Sim::start(Behavior::default()).await;
     let (server, dir) = Server::start_with_secrets(
-        CONFIG,
+        &config().routes(ROUTES),
         &sim.url,
         &[
             ("SIM_OPENAI_KEY", OPENAI_SECRET),
@@ -707,7 +698,12 @@ async fn shutdown_lets_in_flight_streams_finish() {
         true,
     );
     let inflight = tokio::spawn(async move { post(&url, &body, &[]).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // In flight: the proxy has taken the request and passed it on (the answer then takes 80 ms
+    // a chunk), rather than a guess that 150 ms is enough for it to get there.
+    eventually(5, "the stream to reach the upstream", || async {
+        sim.sim.calls_for("sim-stable-2024-08-06") >= 1
+    })
+    .await;
     let proxy = server.proxy.clone();
     server.shutdown().await;
     let reply = inflight.await.unwrap();
@@ -733,7 +729,7 @@ async fn shutdown_lets_in_flight_streams_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_serve_concurrent_connections_and_shut_down() {
     let sim = Sim::start(Behavior::default()).await;
-    let config = CONFIG.replacen("[server]\n", "[server]\nworkers = 3\n", 1);
+    let config = config().workers(3).routes(ROUTES);
     let (server, _dir) = Server::start_with_secrets(
         &config,
         &sim.url,

@@ -116,26 +116,26 @@ impl Drop for TlsRelay {
     }
 }
 
-/// One upstream per (name, base_url, ca_file) and a route `NAME-bot` to it.
-fn config(upstreams: &[(&str, String, Option<&str>)]) -> String {
-    let mut toml = String::from(
-        "[server]\nlisten = \"127.0.0.1:0\"\nupstream_timeout_secs = 10\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{DIR}/understudy.db\"\n",
-    );
+/// One upstream per (name, base_url, ca_file), the first of them the default, and a route
+/// `NAME-bot` to it. No `[upstreams.sim]`: the simulator is reached through the TLS relays only.
+fn config(upstreams: &[(&'static str, String, Option<&str>)]) -> String {
+    let mut config = support::config().upstream_timeout_secs(10).without_sim();
+    let mut routes = String::new();
     for (i, (name, url, ca_file)) in upstreams.iter().enumerate() {
-        toml.push_str(&format!("[upstreams.{name}]\nbase_url = \"{url}\"\n"));
+        let mut upstream = format!("base_url = \"{url}\"\n");
         if let Some(ca_file) = ca_file {
-            toml.push_str(&format!("ca_file = \"{ca_file}\"\n"));
+            upstream.push_str(&format!("ca_file = \"{ca_file}\"\n"));
         }
+        config = config.upstream(name, &upstream);
         if i == 0 {
-            toml.push_str("default = true\n");
+            config = config.default_upstream(name);
         }
-        toml.push_str(&format!(
+        routes.push_str(&format!(
             "[routes.{name}]\nmodel = \"{name}-bot\"\n[routes.{name}.stable]\n\
              upstream = \"{name}\"\nmodel = \"{MODEL}\"\n"
         ));
     }
-    toml
+    config.routes(&routes)
 }
 
 /// The `model` of a chat completion, or of every chunk of a streamed one.

@@ -60,6 +60,127 @@ impl Drop for Sim {
     }
 }
 
+/// The sections every test config shares: `[server]` and `[admin]` on 127.0.0.1:0, `[store]` in
+/// `{DIR}`, and the simulated upstream `[upstreams.sim]` at `{SIM}` (placeholders that
+/// `Server::start` fills in). Knobs for what the tests vary; `routes` appends the rest.
+pub fn config() -> ConfigToml {
+    ConfigToml {
+        workers: None,
+        upstream_timeout_secs: None,
+        max_body_bytes: None,
+        shutdown_grace_secs: None,
+        store: "understudy.db",
+        sim: true,
+        default_upstream: None,
+        upstreams: Vec::new(),
+    }
+}
+
+/// See [`config`]. A knob left unset is left out of the TOML (the server's default applies).
+#[derive(Clone, Debug)]
+pub struct ConfigToml {
+    workers: Option<usize>,
+    upstream_timeout_secs: Option<u64>,
+    max_body_bytes: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    store: &'static str,
+    sim: bool,
+    default_upstream: Option<&'static str>,
+    upstreams: Vec<(String, String)>,
+}
+
+impl ConfigToml {
+    /// `server.workers`.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// `server.upstream_timeout_secs`.
+    pub fn upstream_timeout_secs(mut self, secs: u64) -> Self {
+        self.upstream_timeout_secs = Some(secs);
+        self
+    }
+
+    /// `server.max_body_bytes`.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// `server.shutdown_grace_secs`.
+    pub fn shutdown_grace_secs(mut self, secs: u64) -> Self {
+        self.shutdown_grace_secs = Some(secs);
+        self
+    }
+
+    /// The store's file, relative to `{DIR}` (default `understudy.db`).
+    pub fn store(mut self, file: &'static str) -> Self {
+        self.store = file;
+        self
+    }
+
+    /// No `[upstreams.sim]` (the test's upstreams are all given with `upstream`).
+    pub fn without_sim(mut self) -> Self {
+        self.sim = false;
+        self
+    }
+
+    /// `default = true` on the upstream `name` (`sim` or one given with `upstream`).
+    pub fn default_upstream(mut self, name: &'static str) -> Self {
+        self.default_upstream = Some(name);
+        self
+    }
+
+    /// One more upstream: `[upstreams.NAME]` with `body` (its keys, one a line).
+    pub fn upstream(mut self, name: &str, body: &str) -> Self {
+        self.upstreams.push((name.to_string(), body.to_string()));
+        self
+    }
+
+    /// The whole config: the common sections, then `routes`.
+    pub fn routes(&self, routes: &str) -> String {
+        use std::fmt::Write as _;
+        let mut toml = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+        let knobs = [
+            ("workers", self.workers.map(|n| n as u64)),
+            ("upstream_timeout_secs", self.upstream_timeout_secs),
+            ("max_body_bytes", self.max_body_bytes),
+            ("shutdown_grace_secs", self.shutdown_grace_secs),
+        ];
+        for (key, value) in knobs {
+            if let Some(value) = value {
+                writeln!(toml, "{key} = {value}").unwrap();
+            }
+        }
+        write!(
+            toml,
+            "\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{{DIR}}/{}\"\n",
+            self.store
+        )
+        .unwrap();
+        let sim = self
+            .sim
+            .then(|| ("sim".to_string(), "base_url = \"{SIM}\"".to_string()));
+        for (name, body) in sim.iter().chain(&self.upstreams) {
+            write!(toml, "\n[upstreams.{name}]\n{}\n", body.trim_end()).unwrap();
+            if self.default_upstream == Some(name.as_str()) {
+                toml.push_str("default = true\n");
+            }
+        }
+        if let Some(name) = self.default_upstream {
+            let known =
+                (self.sim && name == "sim") || self.upstreams.iter().any(|(n, _)| n == name);
+            assert!(known, "default_upstream({name:?}): no such upstream");
+        }
+        if !routes.starts_with('\n') {
+            toml.push('\n');
+        }
+        toml.push_str(routes);
+        toml
+    }
+}
+
 /// A running Understudy.
 pub struct Server {
     pub proxy: String,
@@ -165,17 +286,49 @@ impl Drop for Server {
     }
 }
 
-/// The value of `name{labels}` in a Prometheus text exposition (0 when absent).
+/// The value of the series `name{labels}` in a Prometheus text exposition (labels in the
+/// exposition's order). Panics when the series is absent, naming it and showing what is there:
+/// a renamed metric or label must fail the test, not read as 0.
 pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)?
-                .strip_prefix(' ')?
-                .trim()
+    metric_value_or_absent(text, name_and_labels).unwrap_or_else(|| {
+        let name = name_and_labels
+            .split_once('{')
+            .map_or(name_and_labels, |(name, _)| name);
+        let same_name: Vec<&str> = text
+            .lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' '])))
+            .collect();
+        if same_name.is_empty() {
+            let mut names: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .filter_map(|l| l.split(['{', ' ']).next())
+                .collect();
+            names.dedup();
+            panic!(
+                "no series {name_and_labels} in /metrics: no metric {name} at all; metrics present:\n{}",
+                names.join("\n")
+            )
+        }
+        panic!(
+            "no series {name_and_labels} in /metrics; the series of {name}:\n{}",
+            same_name.join("\n")
+        )
+    })
+}
+
+/// The value of the series `name{labels}`, or None when the exposition has no such series. Only
+/// for series that legitimately may not exist yet (created on their first event); the caller
+/// says why it accepts absence.
+pub fn metric_value_or_absent(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let value = l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim();
+        Some(
+            value
                 .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+                .unwrap_or_else(|e| panic!("series {name_and_labels} has value {value:?}: {e}")),
+        )
+    })
 }
 
 /// A response with the arrival time of each body chunk.
