@@ -12,6 +12,16 @@ use prometheus::{
     IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The scorers whose own quality is tracked (`understudy_scorer_quality{scorer}`).
+pub const TRACKED_SCORERS: [&str; 6] = [
+    "lexical",
+    "length",
+    "structure",
+    "refusal",
+    "semantic",
+    "judge",
+];
+
 /// Route label for requests that match no route and go to the default upstream untouched.
 pub const UNROUTED: &str = "_unrouted";
 /// Release label for requests that no release served (unrouted, or refused before routing).
@@ -37,6 +47,9 @@ pub struct Metrics {
     pub route_phase: IntGaugeVec,
     pub serving_release: IntGaugeVec,
     pub threshold: GaugeVec,
+    pub scorer_quality: GaugeVec,
+    pub scorer_calls: IntCounterVec,
+    pub check_failures: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -69,6 +82,9 @@ impl Metrics {
             route_phase: register(r, IntGaugeVec::new(Opts::new("understudy_route_phase", "1 for the route's current phase, 0 for the others."), &["route", "phase"])?)?,
             serving_release: register(r, IntGaugeVec::new(Opts::new("understudy_serving_release", "Release number that serves the route's traffic (the candidate once promoted)."), &["route"])?)?,
             threshold: register(r, GaugeVec::new(Opts::new("understudy_rollback_threshold", "The route's configured quality threshold (rollback.threshold), for alert rules and dashboards."), &["route"])?)?,
+            scorer_quality: register(r, GaugeVec::new(Opts::new("understudy_scorer_quality", "Each scorer's own rolling candidate score over its own noise floor (1 = as close to stable as stable is to itself)."), &["route", "scorer"])?)?,
+            scorer_calls: register(r, IntCounterVec::new(Opts::new("understudy_scorer_calls_total", "Calls of the remote scorers (semantic, judge) by outcome (ok, skipped_budget, failed, unparseable); a failure drops the scorer for that sample, never fails the candidate."), &["route", "scorer", "outcome"])?)?,
+            check_failures: register(r, IntCounterVec::new(Opts::new("understudy_check_failures_total", "Samples where the candidate failed one of the route's checks that stable passed (a hard failure)."), &["route", "check"])?)?,
             registry,
         })
     }
@@ -268,13 +284,17 @@ impl Metrics {
             .with_label_values(&[route, trigger.as_str()])
             .inc();
         // The candidate is gone: its quality is no longer a live figure.
-        let _ = self.quality.remove_label_values(&[route]);
-        let _ = self.samples.remove_label_values(&[route]);
+        self.forget_quality(route);
         tracing::warn!(route, trigger = trigger.as_str(), reason, from = ?from, to = ?to, "rolled back");
     }
 
     /// The judge took a sample: its figures as gauges.
     pub fn judged(&self, route: &str, figures: &JudgeFigures) {
+        for (scorer, quality) in &figures.scorers {
+            self.scorer_quality
+                .with_label_values(&[route, scorer])
+                .set(*quality);
+        }
         if let Some(q) = figures.quality {
             self.quality.with_label_values(&[route]).set(q);
         }
@@ -308,15 +328,25 @@ impl Metrics {
                 .inc_by(0);
         }
         if !route.has_candidate {
-            let _ = self.quality.remove_label_values(&[route.name]);
-            let _ = self.samples.remove_label_values(&[route.name]);
+            self.forget_quality(route.name);
+        }
+    }
+
+    /// The route's quality gauges, removed (no candidate to judge).
+    fn forget_quality(&self, route: &str) {
+        let _ = self.quality.remove_label_values(&[route]);
+        let _ = self.samples.remove_label_values(&[route]);
+        for scorer in TRACKED_SCORERS {
+            let _ = self.scorer_quality.remove_label_values(&[route, scorer]);
         }
     }
 }
 
 /// A judge's figures for the gauges.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JudgeFigures {
+    /// Each tracked scorer's own quality, once it can be judged.
+    pub scorers: Vec<(&'static str, f64)>,
     /// Candidate quality, once it can be judged.
     pub quality: Option<f64>,
     /// The noise floor, once it is trusted.

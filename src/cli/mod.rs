@@ -265,6 +265,7 @@ fn status_table(routes: &[Value]) -> String {
         "QUALITY",
         "NOISE",
         "SAMPLES",
+        "SCORERS",
     ]
     .map(String::from)
     .to_vec()];
@@ -279,9 +280,31 @@ fn status_table(routes: &[Value]) -> String {
             fmt_opt(&r["quality"], 3),
             fmt_opt(&r["noise_floor"], 3),
             r["samples"].to_string(),
+            scorers_cell(&r["scorers"]),
         ]);
     }
     table(&rows)
+}
+
+/// Each scorer's own quality, "semantic 0.98 judge 0.41", or "-".
+fn scorers_cell(v: &Value) -> String {
+    let cells: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["scorer"].as_str().unwrap_or("?"),
+                fmt_opt(&s["quality"], 2)
+            )
+        })
+        .collect();
+    if cells.is_empty() {
+        "-".into()
+    } else {
+        cells.join(" ")
+    }
 }
 
 fn history_table(route: &Value) -> String {

@@ -58,6 +58,8 @@ pub struct Route {
     pub _shadow: Option<IgnoredAny>,
     #[serde(rename = "scoring")]
     pub _scoring: Option<IgnoredAny>,
+    #[serde(rename = "checks")]
+    pub _checks: Option<IgnoredAny>,
     #[serde(rename = "rollback")]
     pub _rollback: Option<IgnoredAny>,
 }
@@ -87,10 +89,15 @@ pub struct Shadow {
 #[serde(deny_unknown_fields)]
 pub struct Scoring {
     pub noise_floor_share: Option<f64>,
+    pub noise_warmup: Option<usize>,
     pub weights: Option<Weights>,
     pub keep_worst: Option<usize>,
     pub keep_random: Option<usize>,
     pub redact_requests: Option<bool>,
+    #[serde(rename = "semantic")]
+    pub _semantic: Option<IgnoredAny>,
+    #[serde(rename = "judge")]
+    pub _judge: Option<IgnoredAny>,
 }
 
 #[derive(Default, Deserialize)]
@@ -100,6 +107,46 @@ pub struct Weights {
     pub structure: Option<f64>,
     pub length: Option<f64>,
     pub refusal: Option<f64>,
+    pub semantic: Option<f64>,
+    pub judge: Option<f64>,
+}
+
+/// `[routes.NAME.scoring.semantic]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Semantic {
+    pub upstream: Option<String>,
+    pub model: Option<String>,
+    pub max_rps: Option<f64>,
+    pub max_input_chars: Option<usize>,
+}
+
+/// `[routes.NAME.scoring.judge]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Judge {
+    pub upstream: Option<String>,
+    pub model: Option<String>,
+    pub rubric: Option<String>,
+    pub rubric_file: Option<String>,
+    pub max_rps: Option<f64>,
+    pub max_tokens_per_min: Option<u64>,
+    pub both_orders: Option<bool>,
+    pub max_input_chars: Option<usize>,
+    pub prices: Option<Prices>,
+}
+
+/// One `[[routes.NAME.checks]]` entry.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub name: Option<String>,
+    pub json_schema: Option<toml::Table>,
+    pub json_schema_file: Option<String>,
+    pub on: Option<String>,
+    pub must_match: Option<String>,
+    pub must_not_match: Option<String>,
+    pub max_words: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]

@@ -239,15 +239,20 @@ fn defaults_fill_in() {
         route.scoring,
         ScoringConfig {
             noise_floor_share: 0.02,
+            noise_warmup: 20,
             weights: Weights {
                 lexical: 0.4,
                 structure: 0.3,
                 length: 0.1,
-                refusal: 0.5
+                refusal: 0.5,
+                semantic: 0.0,
+                judge: 0.0,
             },
             keep_worst: 20,
             keep_random: 50,
             redact_requests: false,
+            semantic: None,
+            judge: None,
         }
     );
     assert_eq!(
@@ -869,4 +874,141 @@ fn error_display() {
     assert!(missing
         .to_string()
         .starts_with("cannot read /nonexistent/understudy.toml: "));
+}
+
+#[test]
+fn scoring_beyond_words_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schemas")).unwrap();
+    std::fs::write(
+        dir.path().join("schemas/reply.json"),
+        r#"{"type": "object", "required": ["reply"]}"#,
+    )
+    .unwrap();
+    let text = r##"
+[upstreams.openai]
+base_url = "https://api.openai.com"
+[routes.r]
+model = "bot"
+[routes.r.stable]
+upstream = "openai"
+model = "gpt-4o-2024-08-06"
+[routes.r.scoring]
+noise_warmup = 30
+weights = { lexical = 0.4, structure = 0.3, length = 0.1, refusal = 0.2, semantic = 2.0 }
+[routes.r.scoring.semantic]
+upstream = "openai"
+model = "text-embedding-3-small"
+[routes.r.scoring.judge]
+upstream = "openai"
+model = "gpt-4o-mini-2024-07-18"
+rubric = "Friendly and correct."
+max_rps = 2
+[[routes.r.checks]]
+name = "reply-schema"
+json_schema_file = "schemas/reply.json"
+[[routes.r.checks]]
+name = "no-competitor"
+must_not_match = "(?i)acme corp"
+[[routes.r.checks]]
+name = "args"
+json_schema = { type = "object" }
+on = "tool_arguments"
+[[routes.r.checks]]
+name = "short"
+max_words = 120
+"##;
+    let config = Config::parse(text, dir.path()).unwrap();
+    let r = &config.routes["r"];
+    assert_eq!(r.scoring.noise_warmup, 30);
+    assert_eq!(r.scoring.weights.semantic, 2.0);
+    assert_eq!(r.scoring.weights.judge, 1.0, "configured, not weighted: 1");
+    let semantic = r.scoring.semantic.as_ref().unwrap();
+    assert_eq!(
+        (
+            semantic.model.as_str(),
+            semantic.max_rps,
+            semantic.max_input_chars
+        ),
+        ("text-embedding-3-small", 20.0, 8000)
+    );
+    let judge = r.scoring.judge.as_ref().unwrap();
+    assert_eq!(judge.rubric, "Friendly and correct.");
+    assert!(judge.both_orders);
+    let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["reply-schema", "no-competitor", "args", "short"]);
+    assert!(matches!(
+        r.checks[2].rule,
+        CheckRule::JsonSchema {
+            on: CheckTarget::ToolArguments,
+            ..
+        }
+    ));
+    assert_eq!(r.checks[3].rule, CheckRule::MaxWords(120));
+    // Without the sections the remote scorers weigh nothing.
+    let plain = parse(&route("", "")).unwrap();
+    let w = plain.routes["r"].scoring.weights;
+    assert_eq!((w.semantic, w.judge), (0.0, 0.0));
+    assert!(plain.routes["r"].checks.is_empty());
+}
+
+#[test]
+fn scoring_beyond_words_rules() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[routes.r.scoring]\nweights = { semantic = 1.0 }\n",
+            &["line 8: routes.r.scoring.weights.semantic: is 1 but [routes.r.scoring.semantic] is not configured"],
+        ),
+        (
+            "[routes.r.scoring.semantic]\nupstream = \"nope\"\nmodel = \"e\"\n",
+            &["line 8: routes.r.scoring.semantic.upstream: unknown upstream \"nope\" (configured: openai)"],
+        ),
+        (
+            "[routes.r.scoring.judge]\nupstream = \"openai\"\nmodel = \"gpt-4o-latest\"\n",
+            &[
+                "line 7: routes.r.scoring.judge.rubric: is required (or rubric_file)",
+                "line 9: routes.r.scoring.judge.model: \"gpt-4o-latest\" is not pinned",
+            ],
+        ),
+        (
+            "[routes.r.scoring.judge]\nupstream = \"openai\"\nmodel = \"m-1\"\nrubric = \"r\"\nmax_rps = 0\nprices = { prompt_per_mtok = -1, completion_per_mtok = 1 }\n",
+            &[
+                "line 11: routes.r.scoring.judge.max_rps: must be greater than 0, got 0",
+                "line 12: routes.r.scoring.judge.prices.prompt_per_mtok: must be a number >= 0, got -1",
+            ],
+        ),
+        (
+            "[[routes.r.checks]]\nname = \"two\"\nmust_match = \"a\"\nmax_words = 3\n",
+            &["line 7: routes.r.checks.0: needs exactly one of json_schema"],
+        ),
+        (
+            "[[routes.r.checks]]\nname = \"bad\"\nmust_match = \"(unclosed\"\n",
+            &["line 9: routes.r.checks.0.must_match: is not a valid regular expression"],
+        ),
+        (
+            "[[routes.r.checks]]\nname = \"s\"\njson_schema = { type = 12 }\n",
+            &["line 9: routes.r.checks.0.json_schema: is not a valid JSON Schema"],
+        ),
+        (
+            "[[routes.r.checks]]\nname = \"a\"\nmax_words = 3\n[[routes.r.checks]]\nname = \"a\"\nmax_words = 4\n",
+            &["line 11: routes.r.checks.1.name: check \"a\" is defined twice"],
+        ),
+        (
+            "[[routes.r.checks]]\nmax_words = 3\non = \"text\"\n",
+            &[
+                "line 7: routes.r.checks.0.name: is required",
+            ],
+        ),
+        (
+            "[[routes.r.checks]]\nname = \"x\"\nmax_words = 3\non = \"text\"\n",
+            &["line 10: routes.r.checks.0.on: applies only to json_schema and json_schema_file"],
+        ),
+        (
+            "[[routes.r.checks]]\nname = \"x\"\nmust_match = \"a\"\ncolour = \"red\"\n",
+            &["line 10: routes.r.checks.0.colour: unknown field `colour`"],
+        ),
+    ];
+    for (rest, expected) in cases {
+        check(&route("", rest), expected);
+    }
 }

@@ -9,7 +9,7 @@ use http::{HeaderName, Uri};
 use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
-use crate::domain::{Phase, ReleaseSpec};
+use crate::domain::{Phase, Prices, ReleaseSpec};
 
 /// `[server]`: the proxy listener.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +145,8 @@ pub struct RouteConfig {
     pub scoring: ScoringConfig,
     /// `[routes.NAME.rollback]`.
     pub rollback: RollbackConfig,
+    /// `[[routes.NAME.checks]]`, in the file's order.
+    pub checks: Vec<Check>,
 }
 
 /// `[routes.NAME.shadow]`: limits on mirrored traffic.
@@ -160,14 +162,20 @@ pub struct ShadowConfig {
     pub timeout: Duration,
 }
 
-/// Weights of the scorers (`weights = { lexical, structure, length, refusal }`).
+/// Weights of the scorers (`weights = { lexical, structure, length, refusal, semantic, judge }`).
 pub use crate::score::Weights;
+/// `[[routes.NAME.checks]]`: the user's own checks on an answer.
+pub use crate::score::{Check, CheckRule, CheckTarget};
 
 /// `[routes.NAME.scoring]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoringConfig {
-    /// `noise_floor_share`, default 0.02.
+    /// `noise_floor_share`, default 0.02: the share of mirrors that also re-ask stable, once
+    /// the floor is warm.
     pub noise_floor_share: f64,
+    /// `noise_warmup`, default 20: until the route has this many stable-vs-stable samples,
+    /// every mirror re-asks stable.
+    pub noise_warmup: usize,
     /// `weights`; missing keys take their default.
     pub weights: Weights,
     /// `keep_worst`, default 20.
@@ -176,16 +184,60 @@ pub struct ScoringConfig {
     pub keep_random: usize,
     /// `redact_requests`, default false.
     pub redact_requests: bool,
+    /// `[routes.NAME.scoring.semantic]`: embedding similarity, when configured.
+    pub semantic: Option<SemanticConfig>,
+    /// `[routes.NAME.scoring.judge]`: the blind pairwise LLM judge, when configured.
+    pub judge: Option<JudgeConfig>,
+}
+
+/// `[routes.NAME.scoring.semantic]`: cosine similarity of the two answers' embeddings from an
+/// OpenAI-compatible `POST /v1/embeddings`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticConfig {
+    /// `upstream`: the name of an upstream that serves embeddings.
+    pub upstream: String,
+    /// `model`: the embedding model.
+    pub model: String,
+    /// `max_rps`, default 20: embedding calls per second; past it the scorer is skipped.
+    pub max_rps: f64,
+    /// `max_input_chars`, default 8000: each answer is cut to this many characters.
+    pub max_input_chars: usize,
+}
+
+/// `[routes.NAME.scoring.judge]`: an LLM compares the two answers without knowing which is
+/// which.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeConfig {
+    /// `upstream`: the name of an upstream (its API decides chat completions or messages).
+    pub upstream: String,
+    /// `model`: the judge model, pinned.
+    pub model: String,
+    /// `rubric`, or the contents of `rubric_file`.
+    pub rubric: String,
+    /// `max_rps`, default 2: judge calls per second; past it the scorer is skipped.
+    pub max_rps: f64,
+    /// `max_tokens_per_min`: the judge's token budget, default none.
+    pub max_tokens_per_min: Option<u64>,
+    /// `both_orders`, default true: when the budget allows, ask with A and B swapped too, and
+    /// count disagreement as a tie (position bias).
+    pub both_orders: bool,
+    /// `max_input_chars`, default 8000: the request and each answer are cut to this many.
+    pub max_input_chars: usize,
+    /// `prices`, USD per million tokens: the judge's cost, counted under release `judge`.
+    pub prices: Option<Prices>,
 }
 
 impl Default for ScoringConfig {
     fn default() -> Self {
         Self {
             noise_floor_share: 0.02,
+            noise_warmup: 20,
             weights: Weights::default(),
             keep_worst: 20,
             keep_random: 50,
             redact_requests: false,
+            semantic: None,
+            judge: None,
         }
     }
 }

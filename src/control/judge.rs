@@ -8,7 +8,7 @@
 //! bare mean): a rollback needs evidence that quality is below the threshold, so a benign
 //! candidate's noise does not trip it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::RollbackConfig;
 use crate::domain::Trigger;
@@ -27,6 +27,21 @@ pub struct Judge {
     /// Stable-vs-stable scores, newest last, at most `window`. Kept across candidates: the
     /// noise floor is a property of stable.
     noise: VecDeque<f64>,
+    /// Each tracked scorer's own windows: (candidate values, noise values), kept the same way.
+    scorers: BTreeMap<&'static str, (VecDeque<f64>, VecDeque<f64>)>,
+}
+
+/// A scorer's own quality and what it rests on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScorerQuality {
+    pub scorer: &'static str,
+    /// Candidate mean over the scorer's noise floor, in [0, 1].
+    pub quality: f64,
+    pub noise_floor: f64,
+    /// Candidate samples the scorer gave a value for.
+    pub samples: usize,
+    /// For the judge: how many of those the candidate lost.
+    pub lost: usize,
 }
 
 /// Mean and standard error of the mean.
@@ -48,6 +63,11 @@ impl Judge {
     /// The figures the gauges show.
     pub fn figures(&self) -> JudgeFigures {
         JudgeFigures {
+            scorers: self
+                .scorer_qualities()
+                .iter()
+                .map(|q| (q.scorer, q.quality))
+                .collect(),
             quality: self.quality(),
             noise_floor: self.noise_floor(),
             samples: self.samples(),
@@ -63,33 +83,98 @@ impl Judge {
                 cfg.max_error_rate,
                 self.samples()
             ),
-            _ => format!(
-                "quality {:.3} below {} over {} samples (noise floor {:.3})",
-                self.quality().unwrap_or(0.0),
-                cfg.threshold,
-                self.samples(),
-                self.noise_floor().unwrap_or(0.0)
-            ),
+            _ => {
+                let mut reason = format!(
+                    "quality {:.3} below {} over {} samples (noise floor {:.3})",
+                    self.quality().unwrap_or(0.0),
+                    cfg.threshold,
+                    self.samples(),
+                    self.noise_floor().unwrap_or(0.0)
+                );
+                // The scorers that drove it: each below the threshold on its own, worst first.
+                let mut low: Vec<ScorerQuality> = self
+                    .scorer_qualities()
+                    .into_iter()
+                    .filter(|q| q.quality < cfg.threshold)
+                    .collect();
+                low.sort_by(|a, b| a.quality.total_cmp(&b.quality));
+                for q in low {
+                    reason.push_str("; ");
+                    reason.push_str(&q.explain());
+                }
+                reason
+            }
         }
     }
 
-    pub fn record(&mut self, score: f64, errored: bool, window: usize) {
-        push_bounded(&mut self.candidate, (score, errored), window);
+    /// A candidate sample: its combined score, whether it failed, and the tracked scorers'
+    /// values.
+    pub fn record(
+        &mut self,
+        combined: f64,
+        errored: bool,
+        scorers: &[(&'static str, f64)],
+        window: usize,
+    ) {
+        push_bounded(&mut self.candidate, (combined, errored), window);
+        for (name, value) in scorers {
+            push_bounded(&mut self.scorers.entry(name).or_default().0, *value, window);
+        }
     }
 
-    pub fn record_noise(&mut self, score: f64, window: usize) {
-        push_bounded(&mut self.noise, score, window);
+    /// A stable-vs-stable sample, the same way.
+    pub fn record_noise(&mut self, combined: f64, scorers: &[(&'static str, f64)], window: usize) {
+        push_bounded(&mut self.noise, combined, window);
+        for (name, value) in scorers {
+            push_bounded(&mut self.scorers.entry(name).or_default().1, *value, window);
+        }
     }
 
     /// Forget the candidate's samples (a new candidate, or after a rollback).
     pub fn reset_candidate(&mut self) {
         self.candidate.clear();
+        for (candidate, _) in self.scorers.values_mut() {
+            candidate.clear();
+        }
     }
 
     /// Forget the noise floor too (stable changed).
     pub fn reset_all(&mut self) {
         self.candidate.clear();
         self.noise.clear();
+        self.scorers.clear();
+    }
+
+    /// Stable-vs-stable samples held: the warm-up counts these.
+    pub fn noise_samples(&self) -> usize {
+        self.noise.len()
+    }
+
+    /// Each tracked scorer's own quality, for those with candidate samples and a trusted floor.
+    pub fn scorer_qualities(&self) -> Vec<ScorerQuality> {
+        self.scorers
+            .iter()
+            .filter_map(|(scorer, (candidate, noise))| {
+                if candidate.is_empty() || noise.len() < MIN_NOISE_SAMPLES {
+                    return None;
+                }
+                let floor = mean_se(noise.iter().copied()).0;
+                let mean = mean_se(candidate.iter().copied()).0;
+                let quality = if floor > 0.0 {
+                    (mean / floor).clamp(0.0, 1.0)
+                } else {
+                    // Stable never scores on this scorer: the candidate cannot do worse.
+                    1.0
+                };
+                Some(ScorerQuality {
+                    scorer,
+                    quality,
+                    noise_floor: floor,
+                    samples: candidate.len(),
+                    lost: candidate.iter().filter(|v| **v == 0.0).count(),
+                })
+            })
+            .collect()
     }
 
     pub fn samples(&self) -> usize {
@@ -144,6 +229,23 @@ impl Judge {
     }
 }
 
+impl ScorerQuality {
+    /// The scorer's part of a rollback reason.
+    pub fn explain(&self) -> String {
+        if self.scorer == "judge" {
+            format!(
+                "judge: candidate lost {} of {}, noise floor {:.2}",
+                self.lost, self.samples, self.noise_floor
+            )
+        } else {
+            format!(
+                "{}: quality {:.2} over {} samples, noise floor {:.2}",
+                self.scorer, self.quality, self.samples, self.noise_floor
+            )
+        }
+    }
+}
+
 fn push_bounded<T>(q: &mut VecDeque<T>, x: T, cap: usize) {
     if q.len() >= cap.max(1) {
         q.pop_front();
@@ -169,15 +271,17 @@ mod tests {
     #[test]
     fn explains_with_the_figures_it_judged_on() {
         let mut j = Judge::default();
-        for _ in 0..10 {
-            j.record_noise(0.8, 200);
-            j.record(0.4, false, 200);
+        for i in 0..10 {
+            j.record_noise(0.8, &[("judge", 1.0), ("lexical", 0.8)], 200);
+            let judge = if i < 7 { 0.0 } else { 1.0 };
+            j.record(0.4, false, &[("judge", judge), ("lexical", 0.76)], 200);
         }
-        j.record(0.0, true, 200);
+        j.record(0.0, true, &[], 200);
         assert_eq!(
             j.explain(Trigger::Quality, &cfg()),
             format!(
-                "quality {:.3} below 0.8 over 11 samples (noise floor 0.800)",
+                "quality {:.3} below 0.8 over 11 samples (noise floor 0.800); \
+                 judge: candidate lost 7 of 10, noise floor 1.00",
                 j.quality().unwrap()
             )
         );
@@ -202,7 +306,7 @@ mod tests {
         for i in 0..n {
             let jitter = |rng: &mut rand::rngs::StdRng| rng.random_range(-0.1..0.1);
             if i % 5 == 0 {
-                j.record_noise((floor + jitter(&mut rng)).clamp(0.0, 1.0), c.window);
+                j.record_noise((floor + jitter(&mut rng)).clamp(0.0, 1.0), &[], c.window);
             }
             let errored = rng.random::<f64>() < err_rate;
             let s = if errored {
@@ -210,7 +314,7 @@ mod tests {
             } else {
                 (mean + jitter(&mut rng)).clamp(0.0, 1.0)
             };
-            j.record(s, errored, c.window);
+            j.record(s, errored, &[], c.window);
             decisions.push(j.decide(&c));
         }
         (j, decisions)
@@ -249,5 +353,35 @@ mod tests {
         let floor = j.noise_floor().unwrap();
         assert!((floor - 0.7).abs() < 0.03, "floor {floor}");
         assert_eq!(Judge::default().quality(), None);
+    }
+
+    #[test]
+    fn each_scorer_has_its_own_quality() {
+        let mut j = Judge::default();
+        for i in 0..10 {
+            // Lexical as random as stable; semantic far from it.
+            j.record_noise(0.8, &[("lexical", 0.6), ("semantic", 0.9)], 200);
+            j.record(
+                0.5,
+                false,
+                &[("lexical", 0.6), ("semantic", 0.3 + f64::from(i % 2) * 0.1)],
+                200,
+            );
+        }
+        let q: Vec<(&str, f64)> = j
+            .scorer_qualities()
+            .iter()
+            .map(|q| (q.scorer, q.quality))
+            .collect();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].0, "lexical");
+        assert!((q[0].1 - 1.0).abs() < 1e-9);
+        assert_eq!(q[1].0, "semantic");
+        assert!((q[1].1 - 0.35 / 0.9).abs() < 1e-9, "{q:?}");
+        j.reset_candidate();
+        assert!(j.scorer_qualities().is_empty(), "no candidate samples");
+        assert_eq!(j.noise_samples(), 10, "the floor is stable's");
+        j.reset_all();
+        assert_eq!(j.noise_samples(), 0);
     }
 }

@@ -215,11 +215,7 @@ impl Controller {
                     reviews,
                 },
             );
-            let policy = RoutePolicy::new(
-                cfg.shadow.clone(),
-                cfg.scoring.clone(),
-                cfg.rollback.clone(),
-            );
+            let policy = RoutePolicy::new(cfg, &upstreams);
             settings.insert(
                 name.clone(),
                 Settings {
@@ -367,7 +363,11 @@ impl Controller {
             rt.history.apply(t);
             let after = (rt.history.record.stable, rt.history.record.candidate);
             if before.0 != after.0 {
+                // A new stable: its noise floor is unknown, so the warm-up starts again.
                 rt.judge.reset_all();
+                if let Some(settings) = self.settings.get(route) {
+                    settings.policy.set_noise_samples(0);
+                }
             } else if before.1 != after.1 {
                 rt.judge.reset_candidate();
             }
@@ -421,13 +421,20 @@ impl Controller {
         };
         let policy = &settings.policy;
         let window = policy.rollback.window;
-        if let Some(noise) = s.noise {
-            rt.judge.record_noise(noise, window);
+        if let Some(noise) = &s.noise {
+            rt.judge
+                .record_noise(noise.combined, &noise.tracked(), window);
+            policy.set_noise_samples(rt.judge.noise_samples());
         }
         // A sample for a candidate that is no longer live (rolled back meanwhile) is not judged.
         let live = rt.history.record.candidate == Some(s.candidate_version);
         if live {
-            rt.judge.record(s.score.combined, s.candidate_error, window);
+            rt.judge.record(
+                s.score.combined,
+                s.candidate_error,
+                &s.score.tracked(),
+                window,
+            );
         }
         let review = ReviewSample {
             at_unix: SystemTime::now()
@@ -442,6 +449,7 @@ impl Controller {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             hard_failure: s.score.hard_failure.map(|h| h.as_str().to_string()),
+            failed_check: s.score.failed_check.clone(),
             request: s
                 .request
                 .as_ref()
@@ -556,11 +564,18 @@ impl Controller {
     fn view(&self, name: &str, detail: bool) -> Option<RouteView> {
         let rt = self.routes.get(name)?;
         let alias = self.settings.get(name).map_or("", |s| s.alias.as_str());
+        let scorers = rt
+            .judge
+            .scorer_qualities()
+            .into_iter()
+            .map(Into::into)
+            .collect();
         let view = RouteView::new(
             alias,
             &rt.history,
             rt.judge.figures(),
             rt.judge.error_rate(),
+            scorers,
         );
         if !detail {
             return Some(view);

@@ -18,6 +18,9 @@ pub struct ReviewSample {
     pub score: f64,
     pub scores: BTreeMap<String, f64>,
     pub hard_failure: Option<String>,
+    /// The check the candidate failed where stable passed, when that was the hard failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_check: Option<String>,
     /// The request body as JSON (null when redacted).
     pub request: Option<Value>,
     pub stable: OutputView,
@@ -138,6 +141,7 @@ mod tests {
             score: f64::from(n % 100) / 100.0,
             scores: BTreeMap::new(),
             hard_failure: None,
+            failed_check: None,
             request: None,
             stable: out.clone(),
             candidate: out,

@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::judge::ScorerQuality;
 use super::lifecycle::RouteHistory;
 use super::store::{EventRecord, ReleaseRecord};
 use crate::domain::{EventKind, Phase, ReleaseState, Trigger};
@@ -27,6 +28,8 @@ pub struct RouteView {
     pub noise_floor: Option<f64>,
     pub samples: usize,
     pub error_rate: f64,
+    /// Each scorer's own quality, once it can be judged.
+    pub scorers: Vec<ScorerView>,
     /// Every release, oldest first (detail only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub releases: Option<Vec<ReleaseView>>,
@@ -37,7 +40,13 @@ pub struct RouteView {
 
 impl RouteView {
     /// The view of `h`, judged by `judge`.
-    pub fn new(alias: &str, h: &RouteHistory, judge: JudgeFigures, error_rate: f64) -> Self {
+    pub fn new(
+        alias: &str,
+        h: &RouteHistory,
+        judge: JudgeFigures,
+        error_rate: f64,
+        scorers: Vec<ScorerView>,
+    ) -> Self {
         let view = |v: u32| h.release(v).map(|r| ReleaseView::new(r, h.state_of(r)));
         RouteView {
             name: h.record.route.clone(),
@@ -51,6 +60,7 @@ impl RouteView {
             noise_floor: judge.noise_floor,
             samples: judge.samples,
             error_rate,
+            scorers,
             releases: None,
             events: None,
         }
@@ -66,6 +76,26 @@ impl RouteView {
         );
         self.events = Some(events.iter().map(EventView::from).collect());
         self
+    }
+}
+
+/// One scorer's own quality.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScorerView {
+    pub scorer: &'static str,
+    pub quality: f64,
+    pub noise_floor: f64,
+    pub samples: usize,
+}
+
+impl From<ScorerQuality> for ScorerView {
+    fn from(q: ScorerQuality) -> Self {
+        ScorerView {
+            scorer: q.scorer,
+            quality: q.quality,
+            noise_floor: q.noise_floor,
+            samples: q.samples,
+        }
     }
 }
 

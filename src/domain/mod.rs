@@ -8,5 +8,5 @@ mod release;
 mod vocabulary;
 
 pub use body::{full, Body, BoxError};
-pub use release::{Prices, ReleaseSpec};
+pub use release::{model_problem, Prices, ReleaseSpec};
 pub use vocabulary::{EventKind, Phase, ReleaseState, Role, Trigger, UnknownName};

@@ -25,7 +25,7 @@ mod tests;
 mod types;
 
 pub use sse::{SseReader, StreamEnd};
-pub use types::{ApiShape, Failure, FinishReason, Observation, ToolCall};
+pub use types::{ApiShape, Failure, FinishReason, Observation, ToolCall, Usage};
 
 /// Smallest bound on one SSE event, however small the observer's budget.
 const MIN_EVENT_BYTES: usize = 64 * 1024;

@@ -12,7 +12,12 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-/// Weights of the combined score (config `weights = { lexical, structure, length, refusal }`).
+mod checks;
+
+pub use checks::{regression, Check, CheckRule, CheckTarget, Pattern, Schema};
+
+/// Weights of the combined score (config `weights = { lexical, structure, length, refusal,
+/// semantic, judge }`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Weights {
     /// Weight of [`lexical`].
@@ -23,6 +28,10 @@ pub struct Weights {
     pub length: f64,
     /// Weight of [`refusal`].
     pub refusal: f64,
+    /// Weight of the embedding similarity (`scoring.semantic`), when it was measured.
+    pub semantic: f64,
+    /// Weight of the blind LLM judge's verdict (`scoring.judge`), when it gave one.
+    pub judge: f64,
 }
 
 impl Default for Weights {
@@ -32,6 +41,8 @@ impl Default for Weights {
             structure: 0.3,
             length: 0.1,
             refusal: 0.2,
+            semantic: 0.0,
+            judge: 0.0,
         }
     }
 }
@@ -42,24 +53,37 @@ impl Weights {
     /// neither side refuses) would only add a constant 1 and hide how different the texts are.
     /// Negative or non-finite weights count as 0; if nothing is left the default weights are
     /// used, so the result is never NaN.
-    fn mean(&self, lexical: f64, structure: Option<f64>, length: f64, refusal: Option<f64>) -> f64 {
+    fn mean(&self, p: &Parts) -> f64 {
         let usable = |w: f64| if w.is_finite() && w > 0.0 { w } else { 0.0 };
         let parts = [
-            (usable(self.lexical), Some(lexical)),
-            (usable(self.structure), structure),
-            (usable(self.length), Some(length)),
-            (usable(self.refusal), refusal),
+            (usable(self.lexical), Some(p.lexical)),
+            (usable(self.structure), p.structure),
+            (usable(self.length), Some(p.length)),
+            (usable(self.refusal), p.refusal),
+            (usable(self.semantic), p.semantic),
+            (usable(self.judge), p.judge),
         ];
         let applicable = parts.iter().filter_map(|(w, v)| Some((*w, (*v)?)));
         let total: f64 = applicable.clone().map(|(w, _)| w).sum();
         if total > 0.0 && total.is_finite() {
             applicable.map(|(w, v)| w * v).sum::<f64>() / total
         } else if *self != Self::default() {
-            Self::default().mean(lexical, structure, length, refusal)
+            Self::default().mean(p)
         } else {
-            lexical
+            p.lexical
         }
     }
+}
+
+/// The scorers' values for one pair, None where a scorer does not apply or was not measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Parts {
+    lexical: f64,
+    structure: Option<f64>,
+    length: f64,
+    refusal: Option<f64>,
+    semantic: Option<f64>,
+    judge: Option<f64>,
 }
 
 /// Names of the individual scorers, used as the `scorer` label of understudy_shadow_score.
@@ -85,6 +109,8 @@ pub enum HardFailure {
     BrokenToolCall,
     /// The subject refuses where the reference answered.
     Refusal,
+    /// The subject fails one of the route's checks that the reference passes.
+    Check,
 }
 
 impl HardFailure {
@@ -96,6 +122,7 @@ impl HardFailure {
             Self::BrokenJson => "broken_json",
             Self::BrokenToolCall => "broken_tool_call",
             Self::Refusal => "refusal",
+            Self::Check => "check",
         }
     }
 }
@@ -113,24 +140,86 @@ pub struct Score {
     pub refusal: f64,
     /// See [`finish`].
     pub finish: f64,
-    /// Weighted mean of lexical, structure, length and refusal, times finish; 0 on a hard failure.
+    /// Cosine similarity of the two answers' embeddings, when `scoring.semantic` measured it.
+    pub semantic: Option<f64>,
+    /// 0 when the blind LLM judge preferred the reference, 1 otherwise, when it gave a verdict.
+    pub judge: Option<f64>,
+    /// Weighted mean of the scorers that apply, times finish; 0 on a hard failure.
     pub combined: f64,
     /// Set when a hard failure forced `combined` to 0.
     pub hard_failure: Option<HardFailure>,
+    /// The check behind [`HardFailure::Check`].
+    pub failed_check: Option<String>,
+    /// Whether structure and refusal had anything to judge (else they are left out of the mean).
+    structure_applies: bool,
+    refusal_applies: bool,
 }
 
 impl Score {
-    /// (name, value) for each of [`SCORERS`], in order.
-    pub fn by_scorer(&self) -> [(&'static str, f64); 6] {
+    /// (name, value) for each of [`SCORERS`], in order, then `semantic` and `judge` when
+    /// measured.
+    pub fn by_scorer(&self) -> Vec<(&'static str, f64)> {
         let [lexical, structure, length, refusal, finish, combined] = SCORERS;
-        [
+        let mut out = vec![
             (lexical, self.lexical),
             (structure, self.structure),
             (length, self.length),
             (refusal, self.refusal),
             (finish, self.finish),
             (combined, self.combined),
-        ]
+        ];
+        out.extend(self.semantic.map(|v| ("semantic", v)));
+        out.extend(self.judge.map(|v| ("judge", v)));
+        out
+    }
+
+    /// The scorers the judge tracks one by one (those that had something to judge), for each
+    /// scorer's own quality.
+    pub fn tracked(&self) -> Vec<(&'static str, f64)> {
+        let mut out = vec![("lexical", self.lexical), ("length", self.length)];
+        if self.structure_applies {
+            out.push(("structure", self.structure));
+        }
+        if self.refusal_applies {
+            out.push(("refusal", self.refusal));
+        }
+        out.extend(self.semantic.map(|v| ("semantic", v)));
+        out.extend(self.judge.map(|v| ("judge", v)));
+        out
+    }
+
+    /// With the remote scorers' values (None: not configured, failed or dropped) and a failed
+    /// check, the combined score computed again.
+    pub fn with_remote(
+        mut self,
+        semantic: Option<f64>,
+        judge: Option<f64>,
+        failed_check: Option<&str>,
+        weights: &Weights,
+    ) -> Score {
+        self.semantic = semantic.map(|v| v.clamp(0.0, 1.0));
+        self.judge = judge.map(|v| v.clamp(0.0, 1.0));
+        if let (None, Some(name)) = (self.hard_failure, failed_check) {
+            self.hard_failure = Some(HardFailure::Check);
+            self.failed_check = Some(name.to_owned());
+        }
+        self.combined = self.combine(weights);
+        self
+    }
+
+    fn combine(&self, weights: &Weights) -> f64 {
+        if self.hard_failure.is_some() {
+            return 0.0;
+        }
+        let parts = Parts {
+            lexical: self.lexical,
+            structure: self.structure_applies.then_some(self.structure),
+            length: self.length,
+            refusal: self.refusal_applies.then_some(self.refusal),
+            semantic: self.semantic,
+            judge: self.judge,
+        };
+        (weights.mean(&parts) * self.finish).clamp(0.0, 1.0)
     }
 }
 
@@ -179,25 +268,23 @@ pub fn score(reference: &Observation, subject: &Observation, weights: &Weights) 
     } else {
         None
     };
-    let combined = match hard_failure {
-        Some(_) => 0.0,
-        None => {
-            let has_structure = |s: &Shape<'_>| s.json.is_some() || !s.tools.is_empty();
-            let structure = (has_structure(&reference_shape) || has_structure(&subject_shape))
-                .then_some(structure);
-            let refusal = (refuses(reference) || refuses(subject)).then_some(refusal);
-            (weights.mean(lexical, structure, length, refusal) * finish).clamp(0.0, 1.0)
-        }
-    };
-    Some(Score {
+    let has_structure = |s: &Shape<'_>| s.json.is_some() || !s.tools.is_empty();
+    let mut score = Score {
         lexical,
         structure,
         length,
         refusal,
         finish,
-        combined,
+        semantic: None,
+        judge: None,
+        combined: 0.0,
         hard_failure,
-    })
+        failed_check: None,
+        structure_applies: has_structure(&reference_shape) || has_structure(&subject_shape),
+        refusal_applies: refuses(reference) || refuses(subject),
+    };
+    score.combined = score.combine(weights);
+    Some(score)
 }
 
 /// What [`lexical`] and [`length`] compare: the text, followed by each tool call's name and

@@ -591,6 +591,8 @@ fn weights_shape_the_combined_score() {
         structure: 0.0,
         length,
         refusal: 0.0,
+        semantic: 0.0,
+        judge: 0.0,
     };
     let lexical_only = score(&reference, &subject, &only(1.0, 0.0)).unwrap();
     assert_eq!(lexical_only.combined, lexical_only.lexical);
@@ -609,21 +611,54 @@ fn weights_shape_the_combined_score() {
 
 #[test]
 fn by_scorer_follows_scorers() {
-    let score = Score {
-        lexical: 0.1,
-        structure: 0.2,
-        length: 0.3,
-        refusal: 0.4,
-        finish: 0.5,
-        combined: 0.6,
-        hard_failure: None,
-    };
+    let (reference, subject) = (obs(PASSWORD), obs(BILLING));
+    let score = score(&reference, &subject, &Weights::default()).unwrap();
     let pairs = score.by_scorer();
-    assert_eq!(pairs.map(|(name, _)| name), SCORERS);
+    let names: Vec<&str> = pairs.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, SCORERS);
+    let values: Vec<f64> = pairs.iter().map(|(_, value)| *value).collect();
     assert_eq!(
-        pairs.map(|(_, value)| value),
-        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+        values,
+        [
+            score.lexical,
+            score.structure,
+            score.length,
+            score.refusal,
+            score.finish,
+            score.combined
+        ]
     );
+    let with = score
+        .clone()
+        .with_remote(Some(0.9), Some(0.0), None, &Weights::default());
+    let names: Vec<&str> = with.by_scorer().iter().map(|(name, _)| *name).collect();
+    assert_eq!(&names[6..], ["semantic", "judge"]);
+}
+
+#[test]
+fn remote_scorers_join_the_mean_with_their_weight() {
+    let (reference, subject) = (obs(PASSWORD), obs(PASSWORD));
+    let local = score(&reference, &subject, &Weights::default()).unwrap();
+    let weights = Weights {
+        semantic: 1.0,
+        judge: 1.0,
+        ..Weights::default()
+    };
+    // Lexical 1 and length 1 (weights 0.4, 0.1), semantic 0.5, judge 0: (0.5 + 0.5) / 2.5.
+    let both = local
+        .clone()
+        .with_remote(Some(0.5), Some(0.0), None, &weights);
+    assert!((both.combined - 0.4).abs() < 1e-9, "{both:?}");
+    // A scorer that gave nothing for this sample is left out of the mean.
+    let only_semantic = local.clone().with_remote(Some(0.5), None, None, &weights);
+    assert!((only_semantic.combined - 1.0 / 1.5).abs() < 1e-9);
+    // A failed check is a hard failure with its name.
+    let failed = local.with_remote(Some(1.0), Some(1.0), Some("order-number"), &weights);
+    assert_eq!(failed.combined, 0.0);
+    assert_eq!(failed.hard_failure, Some(HardFailure::Check));
+    assert_eq!(failed.failed_check.as_deref(), Some("order-number"));
+    let tracked: Vec<&str> = failed.tracked().iter().map(|(n, _)| *n).collect();
+    assert_eq!(tracked, ["lexical", "length", "semantic", "judge"]);
 }
 
 #[test]

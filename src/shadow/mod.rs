@@ -15,12 +15,18 @@ use tokio_util::task::TaskTracker;
 use crate::domain::Role;
 use crate::metrics::Metrics;
 use crate::observe::{ApiShape, Failure, Observation, Observer};
-use crate::score::{score, Score};
+use crate::score::{regression, score, Score};
+
+mod remote;
+mod semantic;
+mod verdict;
+
 use crate::state::{Release, Route};
 use crate::upstream::{
     build_request, outbound_headers, rewrite_request, RequestBody, UpstreamClient, UpstreamError,
     SHADOW_HEADER,
 };
+use remote::ScorerFailure;
 
 /// One scored comparison from a mirror, for the controller.
 pub struct Sample {
@@ -28,8 +34,8 @@ pub struct Sample {
     pub candidate_version: u32,
     pub score: Score,
     pub candidate_error: bool,
-    /// Stable-vs-stable combined score, when this request was also used for the noise floor.
-    pub noise: Option<f64>,
+    /// Stable-vs-stable scores, when this request was also used for the noise floor.
+    pub noise: Option<Score>,
     /// The client's request body (None when the route redacts requests).
     pub request: Option<Bytes>,
     pub stable_output: Observation,
@@ -108,6 +114,13 @@ impl Shadow {
     }
 }
 
+/// The remote scorers' values for one sample: (candidate, stable's second answer).
+#[derive(Debug, Default)]
+struct Remote {
+    semantic: (Option<f64>, Option<f64>),
+    judge: (Option<f64>, Option<f64>),
+}
+
 struct MirrorTask {
     client: UpstreamClient,
     metrics: Arc<Metrics>,
@@ -122,7 +135,7 @@ impl MirrorTask {
     async fn run(self, client_obs: oneshot::Receiver<Observation>) {
         let req = &self.req;
         let policy = &req.route.policy;
-        let noise = rand::random::<f64>() < policy.scoring.noise_floor_share;
+        let noise = policy.wants_noise(rand::random::<f64>());
         let stable = &req.route.stable;
         let (mirrored, second_stable) = tokio::join!(self.call(&req.mirror), async {
             if noise {
@@ -140,24 +153,56 @@ impl MirrorTask {
             Role::Stable => (client, mirrored),
             Role::Candidate => (mirrored, client),
         };
+        // The local scorers and the checks: pure, on the blocking pool.
         let weights = policy.scoring.weights;
-        let (reference, candidate, scored) = match tokio::task::spawn_blocking(move || {
-            let s = score(&reference, &candidate, &weights);
-            let n = second_stable
-                .as_ref()
-                .and_then(|o| score(&reference, o, &weights));
-            (reference, candidate, (s, n))
+        let route = Arc::clone(&req.route);
+        let local = tokio::task::spawn_blocking(move || {
+            let checked = |subject: &Observation| {
+                let s = score(&reference, subject, &weights)?;
+                let failed = regression(&route.policy.checks, &reference, subject);
+                Some((s, failed.map(|c| c.name.clone())))
+            };
+            let c = checked(&candidate);
+            let n = second_stable.as_ref().and_then(checked);
+            (reference, candidate, second_stable, c, n)
         })
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => return,
+        .await;
+        let Ok((reference, candidate, second_stable, candidate_score, noise_score)) = local else {
+            return;
         };
-        let (candidate_score, noise_score) = scored;
-        let Some(candidate_score) = candidate_score else {
+        let Some((candidate_score, failed_check)) = candidate_score else {
             self.outcome(&req.mirror, "unpaired");
             return;
         };
+        // The remote scorers, off the client's path: the client's answer is complete.
+        let remote = self
+            .remote(
+                &reference,
+                &candidate,
+                second_stable.as_ref(),
+                &candidate_score,
+            )
+            .await;
+        let candidate_score = candidate_score.with_remote(
+            remote.semantic.0,
+            remote.judge.0,
+            failed_check.as_deref(),
+            &weights,
+        );
+        let noise_score = noise_score.map(|(n, failed)| {
+            n.with_remote(
+                remote.semantic.1,
+                remote.judge.1,
+                failed.as_deref(),
+                &weights,
+            )
+        });
+        if let Some(check) = &candidate_score.failed_check {
+            self.metrics
+                .check_failures
+                .with_label_values(&[&req.route.name, check])
+                .inc();
+        }
         let candidate_release = match req.served_role {
             Role::Stable => &req.mirror,
             Role::Candidate => &req.served,
@@ -175,7 +220,7 @@ impl MirrorTask {
             candidate_version: candidate_release.version,
             score: candidate_score,
             candidate_error: errored,
-            noise: noise_score.map(|s| s.combined),
+            noise: noise_score,
             request: if policy.scoring.redact_requests {
                 None
             } else {
@@ -187,6 +232,87 @@ impl MirrorTask {
         if self.samples.try_send(sample).is_err() {
             tracing::warn!(route = %req.route.name, "controller busy: scored sample dropped");
         }
+    }
+
+    /// The semantic similarity and the judge's score of the candidate (`.0`) and of stable's
+    /// second answer (`.1`, the noise floor), each None when not configured, not applicable
+    /// (an answer failed, or has no text) or failed: a scorer's failure is counted, never the
+    /// candidate's.
+    async fn remote(
+        &self,
+        reference: &Observation,
+        candidate: &Observation,
+        second: Option<&Observation>,
+        local: &Score,
+    ) -> Remote {
+        let mut out = Remote::default();
+        let policy = &self.req.route.policy;
+        if reference.text.is_empty() {
+            return out;
+        }
+        // A candidate that already failed hard scores 0 whatever the scorers say.
+        let candidate = (local.hard_failure.is_none() && !candidate.text.is_empty())
+            .then_some(candidate.text.as_str());
+        let second = second
+            .filter(|s| s.failure.is_none() && !s.text.is_empty())
+            .map(|s| s.text.as_str());
+        let timeout = policy.shadow.timeout;
+        if let Some(scorer) = &policy.semantic {
+            let subjects: Vec<&str> = candidate.iter().chain(second.iter()).copied().collect();
+            if !subjects.is_empty() {
+                let result = semantic::similarities(
+                    &self.client,
+                    scorer,
+                    &reference.text,
+                    &subjects,
+                    timeout,
+                )
+                .await;
+                self.scorer_outcome("semantic", result.as_ref().err().copied());
+                if let Ok(values) = result {
+                    let mut values = values.into_iter();
+                    out.semantic.0 = candidate.and_then(|_| values.next());
+                    out.semantic.1 = second.and_then(|_| values.next());
+                }
+            }
+        }
+        if let Some(scorer) = &policy.judge {
+            let request = verdict::last_user_message(self.req.shape, &self.req.body);
+            for (subject, slot) in [(candidate, &mut out.judge.0), (second, &mut out.judge.1)] {
+                let Some(subject) = subject else { continue };
+                let subject_first = rand::random::<bool>();
+                let result = verdict::judge(
+                    &self.client,
+                    scorer,
+                    &request,
+                    &reference.text,
+                    subject,
+                    subject_first,
+                    timeout,
+                )
+                .await;
+                self.scorer_outcome("judge", result.as_ref().err().copied());
+                if let Ok(judged) = result {
+                    self.metrics.count_tokens(
+                        &self.req.route.name,
+                        "judge",
+                        judged.usage.prompt_tokens,
+                        judged.usage.completion_tokens,
+                        scorer.cfg.prices,
+                    );
+                    *slot = Some(judged.score());
+                }
+            }
+        }
+        out
+    }
+
+    fn scorer_outcome(&self, scorer: &str, failure: Option<ScorerFailure>) {
+        let outcome = failure.map_or("ok", ScorerFailure::outcome);
+        self.metrics
+            .scorer_calls
+            .with_label_values(&[&self.req.route.name, scorer, outcome])
+            .inc();
     }
 
     fn outcome(&self, release: &Release, outcome: &str) {

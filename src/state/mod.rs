@@ -15,7 +15,7 @@ use crate::metrics::{Metrics, ReleaseSeries};
 
 mod policy;
 
-pub use policy::RoutePolicy;
+pub use policy::{RemoteScorer, RoutePolicy};
 
 /// An upstream LLM API, resolved once at start (its credentials read from the environment).
 #[derive(Debug)]

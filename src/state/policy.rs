@@ -2,15 +2,19 @@
 //! per configured route, shared by every snapshot of the route, so the budget's counters survive
 //! snapshot swaps. The budget only ever refuses: a mirror over it is dropped, never queued.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{RollbackConfig, ScoringConfig, ShadowConfig};
+use super::Upstream;
+use crate::config::{
+    Check, JudgeConfig, RollbackConfig, RouteConfig, ScoringConfig, SemanticConfig, ShadowConfig,
+};
 
 /// Why the budget refused a mirror (the `outcome` label of `understudy_shadow_requests_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,15 @@ pub struct RoutePolicy {
     pub shadow: ShadowConfig,
     pub scoring: ScoringConfig,
     pub rollback: RollbackConfig,
+    /// The user's checks, compiled.
+    pub checks: Vec<Check>,
+    /// The embedding scorer with its upstream and budget, when configured.
+    pub semantic: Option<RemoteScorer<SemanticConfig>>,
+    /// The LLM judge with its upstream and budget, when configured.
+    pub judge: Option<RemoteScorer<JudgeConfig>>,
+    /// Stable-vs-stable samples the route's judge holds, as the controller last set it: until
+    /// `noise_warmup`, every mirror re-asks stable.
+    noise_samples: AtomicUsize,
     /// Mirrors in flight, at most `max_inflight`; taken without waiting, so past it a mirror is
     /// dropped (`dropped_busy`), never queued.
     inflight: Arc<Semaphore>,
@@ -49,17 +62,43 @@ pub struct RoutePolicy {
 }
 
 impl RoutePolicy {
-    pub fn new(shadow: ShadowConfig, scoring: ScoringConfig, rollback: RollbackConfig) -> Self {
+    /// The policy of `cfg`; its scorers' upstreams looked up in `upstreams` (the configuration
+    /// checked that they exist).
+    pub fn new(cfg: &RouteConfig, upstreams: &HashMap<String, Arc<Upstream>>) -> Self {
+        let shadow = cfg.shadow.clone();
         let tokens = shadow.max_tokens_per_min.map(TokenBudget::per_minute);
+        let scorer = |name: &str| upstreams.get(name).cloned();
         RoutePolicy {
             inflight: Arc::new(Semaphore::new(shadow.max_inflight)),
             rate: RateLimiter::direct(mirror_quota(shadow.max_rps)),
             tokens,
             epoch: Instant::now(),
+            semantic: cfg.scoring.semantic.clone().and_then(|c| {
+                let (rps, up) = (c.max_rps, scorer(&c.upstream)?);
+                Some(RemoteScorer::new(c, up, rps, None))
+            }),
+            judge: cfg.scoring.judge.clone().and_then(|c| {
+                let (rps, tokens, up) = (c.max_rps, c.max_tokens_per_min, scorer(&c.upstream)?);
+                Some(RemoteScorer::new(c, up, rps, tokens))
+            }),
+            checks: cfg.checks.clone(),
+            noise_samples: AtomicUsize::new(0),
             shadow,
-            scoring,
-            rollback,
+            scoring: cfg.scoring.clone(),
+            rollback: cfg.rollback.clone(),
         }
+    }
+
+    /// Whether this mirror should also re-ask stable for the noise floor: always while the
+    /// floor is warming up, then on `noise_floor_share` of mirrors (`draw` is uniform in [0, 1)).
+    pub fn wants_noise(&self, draw: f64) -> bool {
+        self.noise_samples.load(Ordering::Relaxed) < self.scoring.noise_warmup
+            || draw < self.scoring.noise_floor_share
+    }
+
+    /// The controller's count of stable-vs-stable samples (0 again when stable changes).
+    pub fn set_noise_samples(&self, n: usize) {
+        self.noise_samples.store(n, Ordering::Relaxed);
     }
 
     /// Admits one mirror now, or says why not. The permit is held for the mirror's life.
@@ -86,6 +125,50 @@ impl RoutePolicy {
 
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// A scorer that calls a model (embeddings, the LLM judge): its settings, the upstream it calls
+/// and its own budget, so scoring never spends the mirrors' budget or floods the scorer.
+#[derive(Debug)]
+pub struct RemoteScorer<C> {
+    pub cfg: C,
+    pub upstream: Arc<Upstream>,
+    /// Calls per second; past it the scorer is skipped for that sample.
+    rate: DefaultDirectRateLimiter,
+    /// Tokens per minute, charged after each call.
+    tokens: Option<TokenBudget>,
+    epoch: Instant,
+}
+
+impl<C> RemoteScorer<C> {
+    fn new(cfg: C, upstream: Arc<Upstream>, max_rps: f64, tokens_per_min: Option<u64>) -> Self {
+        RemoteScorer {
+            cfg,
+            upstream,
+            rate: RateLimiter::direct(mirror_quota(max_rps)),
+            tokens: tokens_per_min.map(TokenBudget::per_minute),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Takes `calls` calls from the budget at once, or none.
+    pub fn admit(&self, calls: u32) -> bool {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        if !self.tokens.as_ref().is_none_or(|t| t.has_room(now)) {
+            return false;
+        }
+        let Some(n) = NonZeroU32::new(calls) else {
+            return true;
+        };
+        matches!(self.rate.check_n(n), Ok(Ok(())))
+    }
+
+    /// Charges the tokens a call spent.
+    pub fn charge_tokens(&self, spent: u64) {
+        if let Some(t) = &self.tokens {
+            t.charge(spent, self.epoch.elapsed().as_nanos() as u64);
+        }
     }
 }
 
@@ -174,6 +257,41 @@ mod tests {
         assert!(t.has_room(4 * 60_000_000_000 + 1));
     }
 
+    fn policy(shadow: ShadowConfig, scoring: ScoringConfig) -> RoutePolicy {
+        let text =
+            "[upstreams.u]\nbase_url = \"http://127.0.0.1:1\"\n[routes.r]\nmodel = \"bot\"\n\
+                    [routes.r.stable]\nupstream = \"u\"\nmodel = \"m-1\"\n";
+        let mut cfg = crate::config::Config::parse(text, std::path::Path::new("."))
+            .unwrap()
+            .routes["r"]
+            .clone();
+        cfg.shadow = shadow;
+        cfg.scoring = scoring;
+        RoutePolicy::new(&cfg, &HashMap::new())
+    }
+
+    #[test]
+    fn noise_floor_warms_up_then_samples_its_share() {
+        let scoring = ScoringConfig {
+            noise_warmup: 3,
+            noise_floor_share: 0.1,
+            ..ScoringConfig::default()
+        };
+        let shadow = ShadowConfig {
+            max_inflight: 1,
+            max_rps: 1.0,
+            max_tokens_per_min: None,
+            timeout: Duration::from_secs(1),
+        };
+        let p = policy(shadow, scoring);
+        assert!(p.wants_noise(0.99), "cold: every mirror");
+        p.set_noise_samples(3);
+        assert!(!p.wants_noise(0.99));
+        assert!(p.wants_noise(0.05), "warm: the share");
+        p.set_noise_samples(0);
+        assert!(p.wants_noise(0.99), "stable changed: warm up again");
+    }
+
     #[test]
     fn busy_and_budget_refusals() {
         let shadow = ShadowConfig {
@@ -182,7 +300,7 @@ mod tests {
             max_tokens_per_min: Some(100),
             timeout: Duration::from_secs(1),
         };
-        let p = RoutePolicy::new(shadow, ScoringConfig::default(), RollbackConfig::default());
+        let p = policy(shadow, ScoringConfig::default());
         let permit = p.admit().unwrap();
         assert_eq!(p.admit().unwrap_err(), Refusal::Busy);
         drop(permit);

@@ -200,13 +200,25 @@ impl<'a> Checker<'a> {
     /// The line of the key at `path`, or of its nearest existing parent.
     fn line_of(&self, path: &[&str]) -> Option<usize> {
         let mut table = Some(self.doc);
+        // The array the previous segment named, for an index segment (`checks.0`).
+        let mut array: Option<&[Value<'a>]> = None;
         let mut found = None;
         for segment in path {
+            if let (Some(items), Ok(i)) = (array, segment.parse::<usize>()) {
+                let Some(item) = items.get(i) else {
+                    break;
+                };
+                found = Some(item.span().start);
+                table = item.get_ref().as_table();
+                array = None;
+                continue;
+            }
             let Some((key, value)) = table.and_then(|t| t.get_key_value(*segment)) else {
                 break;
             };
             found = Some(key.span().start);
             table = value.get_ref().as_table();
+            array = value.get_ref().as_array().map(|a| a.as_ref());
         }
         found.map(|offset| line_at(self.text, offset))
     }

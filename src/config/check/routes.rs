@@ -11,9 +11,11 @@ use http::HeaderName;
 use super::{Checker, Value};
 use crate::config::raw;
 use crate::config::types::{
-    RollbackConfig, RouteConfig, ScoringConfig, ShadowConfig, StickyKey, Weights,
+    Check, CheckRule, CheckTarget, JudgeConfig, RollbackConfig, RouteConfig, ScoringConfig,
+    SemanticConfig, ShadowConfig, StickyKey, Weights,
 };
 use crate::domain::{Phase, ReleaseSpec};
+use crate::score::{Pattern, Schema};
 
 const DEFAULT_SHARE: f64 = 0.05;
 const MAX_KEPT_SAMPLES: usize = 10_000;
@@ -87,7 +89,8 @@ impl<'a> Checker<'a> {
             .get("candidate")
             .and_then(|value| self.release(name, "candidate", value, upstreams));
         let shadow = self.shadow(name, table.get("shadow"), upstream_timeout);
-        let scoring = self.scoring(name, table.get("scoring"));
+        let scoring = self.scoring(name, table.get("scoring"), upstreams);
+        let checks = self.checks(name, table.get("checks"));
         let rollback = self.rollback(name, table.get("rollback"));
 
         let top = top?;
@@ -151,6 +154,7 @@ impl<'a> Checker<'a> {
             shadow,
             scoring,
             rollback,
+            checks,
         })
     }
 
@@ -312,11 +316,25 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn scoring(&mut self, route: &str, value: Option<&Value<'a>>) -> ScoringConfig {
+    fn scoring(
+        &mut self,
+        route: &str,
+        value: Option<&Value<'a>>,
+        upstreams: &BTreeSet<&str>,
+    ) -> ScoringConfig {
         let raw: raw::Scoring = self.optional_section(value, &["routes", route, "scoring"]);
         let key = |k| ["routes", route, "scoring", k];
         let default = ScoringConfig::default();
+        let sub = |k: &str| {
+            value
+                .and_then(|v| v.get_ref().as_table())
+                .and_then(|t| t.get(k))
+        };
+        let semantic = sub("semantic").and_then(|v| self.semantic(route, v, upstreams));
+        let judge = sub("judge").and_then(|v| self.judge(route, v, upstreams));
         let weights = raw.weights.unwrap_or_default();
+        // A remote scorer that is configured takes part with weight 1 unless weighted.
+        let remote_default = |configured: bool| if configured { 1.0 } else { 0.0 };
         let mut weight = |name: &'static str, value: Option<f64>, default: f64| {
             self.checked(
                 &["routes", route, "scoring", "weights", name],
@@ -331,12 +349,30 @@ impl<'a> Checker<'a> {
             structure: weight("structure", weights.structure, default.weights.structure),
             length: weight("length", weights.length, default.weights.length),
             refusal: weight("refusal", weights.refusal, default.weights.refusal),
+            semantic: weight(
+                "semantic",
+                weights.semantic,
+                remote_default(semantic.is_some()),
+            ),
+            judge: weight("judge", weights.judge, remote_default(judge.is_some())),
         };
-        if weights.lexical + weights.structure + weights.length + weights.refusal <= 0.0 {
+        let local = weights.lexical + weights.structure + weights.length + weights.refusal;
+        if local + weights.semantic + weights.judge <= 0.0 {
             self.report(
                 &key("weights"),
                 "at least one weight must be greater than 0",
             );
+        }
+        for (name, weight, configured) in [
+            ("semantic", weights.semantic, semantic.is_some()),
+            ("judge", weights.judge, judge.is_some()),
+        ] {
+            if weight > 0.0 && !configured {
+                self.report(
+                    &["routes", route, "scoring", "weights", name],
+                    format!("is {weight} but [routes.{route}.scoring.{name}] is not configured"),
+                );
+            }
         }
         ScoringConfig {
             noise_floor_share: self.checked(
@@ -345,6 +381,13 @@ impl<'a> Checker<'a> {
                 default.noise_floor_share,
                 |v| (0.0..=1.0).contains(&v),
                 "must be between 0 and 1",
+            ),
+            noise_warmup: self.checked(
+                &key("noise_warmup"),
+                raw.noise_warmup,
+                default.noise_warmup,
+                |v| v <= MAX_KEPT_SAMPLES,
+                "must be at most 10000",
             ),
             weights,
             keep_worst: self.checked(
@@ -362,7 +405,258 @@ impl<'a> Checker<'a> {
                 "must be at most 10000",
             ),
             redact_requests: raw.redact_requests.unwrap_or(default.redact_requests),
+            semantic,
+            judge,
         }
+    }
+
+    /// An upstream a scorer names: required, and configured.
+    fn scorer_upstream(
+        &mut self,
+        path: &[&str],
+        upstream: Option<String>,
+        upstreams: &BTreeSet<&str>,
+    ) -> Option<String> {
+        let upstream = self.required_string(path, upstream)?;
+        if !upstreams.contains(upstream.as_str()) {
+            let known: Vec<&str> = upstreams.iter().copied().collect();
+            self.report(
+                path,
+                format!(
+                    "unknown upstream {upstream:?} (configured: {})",
+                    known.join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(upstream)
+    }
+
+    fn semantic(
+        &mut self,
+        route: &str,
+        value: &Value<'a>,
+        upstreams: &BTreeSet<&str>,
+    ) -> Option<SemanticConfig> {
+        let path = ["routes", route, "scoring", "semantic"];
+        let raw: raw::Semantic = self.section(value, &path)?;
+        let key = |k| ["routes", route, "scoring", "semantic", k];
+        let upstream = self.scorer_upstream(&key("upstream"), raw.upstream, upstreams);
+        let model = self.required_string(&key("model"), raw.model);
+        let max_rps = self.checked(
+            &key("max_rps"),
+            raw.max_rps,
+            20.0,
+            |v| v > 0.0 && v.is_finite(),
+            "must be greater than 0",
+        );
+        let max_input_chars = self.checked(
+            &key("max_input_chars"),
+            raw.max_input_chars,
+            8000,
+            |v| v >= 1,
+            "must be at least 1",
+        );
+        Some(SemanticConfig {
+            upstream: upstream?,
+            model: model?,
+            max_rps,
+            max_input_chars,
+        })
+    }
+
+    fn judge(
+        &mut self,
+        route: &str,
+        value: &Value<'a>,
+        upstreams: &BTreeSet<&str>,
+    ) -> Option<JudgeConfig> {
+        let path = ["routes", route, "scoring", "judge"];
+        let raw: raw::Judge = self.section(value, &path)?;
+        let key = |k| ["routes", route, "scoring", "judge", k];
+        let upstream = self.scorer_upstream(&key("upstream"), raw.upstream, upstreams);
+        let model = self.required_string(&key("model"), raw.model);
+        if let Some(problem) = model.as_deref().and_then(crate::domain::model_problem) {
+            self.report(&key("model"), problem.message);
+        }
+        let rubric = match (raw.rubric, raw.rubric_file) {
+            (Some(_), Some(_)) => {
+                self.report(
+                    &key("rubric_file"),
+                    "cannot be combined with rubric: keep one of them",
+                );
+                None
+            }
+            (None, Some(file)) => self.prompt_file(&key("rubric_file"), &file),
+            (Some(rubric), None) => Some(rubric),
+            (None, None) => {
+                self.report(
+                    &key("rubric"),
+                    "is required (or rubric_file): what makes an answer better",
+                );
+                None
+            }
+        };
+        if raw.max_tokens_per_min == Some(0) {
+            self.report(
+                &key("max_tokens_per_min"),
+                "must be greater than 0 (leave it out for no limit), got 0",
+            );
+        }
+        let max_rps = self.checked(
+            &key("max_rps"),
+            raw.max_rps,
+            2.0,
+            |v| v > 0.0 && v.is_finite(),
+            "must be greater than 0",
+        );
+        let max_input_chars = self.checked(
+            &key("max_input_chars"),
+            raw.max_input_chars,
+            8000,
+            |v| v >= 1,
+            "must be at least 1",
+        );
+        if let Some(prices) = raw.prices {
+            for problem in prices.problems() {
+                let mut path = key("prices").to_vec();
+                path.extend(problem.key.iter().skip(1).map(String::as_str));
+                self.report(&path, problem.message);
+            }
+        }
+        Some(JudgeConfig {
+            prices: raw.prices,
+            upstream: upstream?,
+            model: model?,
+            rubric: rubric?,
+            max_rps,
+            max_tokens_per_min: raw.max_tokens_per_min.filter(|t| *t > 0),
+            both_orders: raw.both_orders.unwrap_or(true),
+            max_input_chars,
+        })
+    }
+
+    /// `[[routes.NAME.checks]]`: each check compiled; names unique.
+    fn checks(&mut self, route: &str, value: Option<&Value<'a>>) -> Vec<Check> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let Some(items) = value.get_ref().as_array() else {
+            let got = value.get_ref().type_str();
+            self.report(
+                &["routes", route, "checks"],
+                format!("must be an array of tables ([[routes.{route}.checks]]), got {got}"),
+            );
+            return Vec::new();
+        };
+        let mut checks: Vec<Check> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let index = i.to_string();
+            let path = ["routes", route, "checks", index.as_str()];
+            let Some(mut raw) = self.section::<raw::Check>(item, &path) else {
+                continue;
+            };
+            let key = |k| ["routes", route, "checks", index.as_str(), k];
+            let Some(name) = self.required_string(&key("name"), raw.name.take()) else {
+                continue;
+            };
+            if checks.iter().any(|c| c.name == name) {
+                self.report(&key("name"), format!("check {name:?} is defined twice"));
+                continue;
+            }
+            if let Some(rule) = self.check_rule(&path, raw) {
+                checks.push(Check { name, rule });
+            }
+        }
+        checks
+    }
+
+    /// The one rule of a check, compiled.
+    fn check_rule(&mut self, path: &[&str], raw: raw::Check) -> Option<CheckRule> {
+        let key = |k: &'static str| {
+            let mut p = path.to_vec();
+            p.push(k);
+            p
+        };
+        let given = [
+            raw.json_schema.is_some(),
+            raw.json_schema_file.is_some(),
+            raw.must_match.is_some(),
+            raw.must_not_match.is_some(),
+            raw.max_words.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
+        if given != 1 {
+            self.report(
+                path,
+                "needs exactly one of json_schema, json_schema_file, must_match, must_not_match,                  max_words",
+            );
+            return None;
+        }
+        if raw.on.is_some() && raw.json_schema.is_none() && raw.json_schema_file.is_none() {
+            self.report(
+                &key("on"),
+                "applies only to json_schema and json_schema_file",
+            );
+            return None;
+        }
+        let on = match raw.on.as_deref() {
+            None | Some("text") => CheckTarget::Text,
+            Some("tool_arguments") => CheckTarget::ToolArguments,
+            Some(other) => {
+                self.report(
+                    &key("on"),
+                    format!("must be \"text\" or \"tool_arguments\", got {other:?}"),
+                );
+                return None;
+            }
+        };
+        let schema = |document: serde_json::Value, this: &mut Self, at: Vec<&str>| match Schema::new(
+            document,
+        ) {
+            Ok(schema) => Some(CheckRule::JsonSchema { schema, on }),
+            Err(e) => {
+                this.report(&at, format!("is not a valid JSON Schema: {e}"));
+                None
+            }
+        };
+        if let Some(table) = raw.json_schema {
+            return match toml_to_json(toml::Value::Table(table)) {
+                Ok(document) => schema(document, self, key("json_schema")),
+                Err(problem) => {
+                    self.report(&key("json_schema"), problem);
+                    None
+                }
+            };
+        }
+        if let Some(file) = raw.json_schema_file {
+            let text = self.prompt_file(&key("json_schema_file"), &file)?;
+            return match serde_json::from_str(&text) {
+                Ok(document) => schema(document, self, key("json_schema_file")),
+                Err(e) => {
+                    self.report(&key("json_schema_file"), format!("{file} is not JSON: {e}"));
+                    None
+                }
+            };
+        }
+        for (k, source, must) in [
+            ("must_match", raw.must_match, true),
+            ("must_not_match", raw.must_not_match, false),
+        ] {
+            if let Some(source) = source {
+                return match Pattern::new(&source) {
+                    Ok(p) if must => Some(CheckRule::MustMatch(p)),
+                    Ok(p) => Some(CheckRule::MustNotMatch(p)),
+                    Err(e) => {
+                        self.report(&key(k), format!("is not a valid regular expression: {e}"));
+                        None
+                    }
+                };
+            }
+        }
+        raw.max_words.map(CheckRule::MaxWords)
     }
 
     fn rollback(&mut self, route: &str, value: Option<&Value<'a>>) -> RollbackConfig {
@@ -425,7 +719,7 @@ fn toml_to_json(value: toml::Value) -> Result<serde_json::Value, &'static str> {
         toml::Value::Table(table) => serde_json::Value::Object(
             table
                 .into_iter()
-                .map(|(k, v)| Ok((k, toml_to_json(v)?)))
+                .map(|(k, v)| Ok::<_, &'static str>((k, toml_to_json(v)?)))
                 .collect::<Result<_, _>>()?,
         ),
     })
