@@ -40,6 +40,7 @@ pub async fn similarities(
         .chain(subjects.iter().copied())
         .map(|t| bounded(t, max))
         .collect();
+    let input_len = input.len();
     let body = json!({ "model": scorer.cfg.model, "input": input }).to_string();
     let answer = post_json(
         client,
@@ -50,9 +51,17 @@ pub async fn similarities(
         timeout,
     )
     .await?;
+    // Parsing thousands of floats and the cosines: on the blocking pool, not the proxy's threads.
+    tokio::task::spawn_blocking(move || cosines(&answer, input_len))
+        .await
+        .map_err(|_| ScorerFailure::Error)?
+}
+
+/// The cosine of the first embedding in `answer` with each of the others.
+fn cosines(answer: &[u8], inputs: usize) -> Result<Vec<f64>, ScorerFailure> {
     let parsed: Embeddings =
-        serde_json::from_slice(&answer).map_err(|_| ScorerFailure::Unparseable)?;
-    let mut vectors: Vec<Option<Vec<f64>>> = vec![None; input.len()];
+        serde_json::from_slice(answer).map_err(|_| ScorerFailure::Unparseable)?;
+    let mut vectors: Vec<Option<Vec<f64>>> = vec![None; inputs];
     for e in parsed.data {
         if let Some(slot) = vectors.get_mut(e.index) {
             *slot = Some(e.embedding);
@@ -81,7 +90,7 @@ pub fn cosine(a: &[f64], b: &[f64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::cosine;
+    use super::{cosine, cosines, ScorerFailure};
 
     #[test]
     fn cosine_of_vectors() {
@@ -96,5 +105,16 @@ mod tests {
         assert!((c - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
         assert_eq!(cosine(&[1.0], &[1.0, 2.0]), None);
         assert_eq!(cosine(&[0.0, 0.0], &[1.0, 2.0]), None);
+    }
+
+    #[test]
+    fn embeddings_answers() {
+        let answer = br#"{"data":[{"index":1,"embedding":[0,1]},{"index":0,"embedding":[1,0]},{"index":2,"embedding":[1,1]}]}"#;
+        let c = cosines(answer, 3).unwrap();
+        assert_eq!(c[0], 0.0);
+        assert!((c[1] - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        let missing = br#"{"data":[{"index":0,"embedding":[1,0]}]}"#;
+        assert_eq!(cosines(missing, 2), Err(ScorerFailure::Unparseable));
+        assert_eq!(cosines(b"<html>", 2), Err(ScorerFailure::Unparseable));
     }
 }

@@ -432,6 +432,36 @@ impl<'a> Checker<'a> {
         Some(upstream)
     }
 
+    /// A remote scorer's `max_rps` (default `default_rps`) and `max_input_chars` (default 8000).
+    fn scorer_limits(
+        &mut self,
+        path: &[&str],
+        max_rps: Option<f64>,
+        default_rps: f64,
+        max_input_chars: Option<usize>,
+    ) -> (f64, usize) {
+        let key = |k| {
+            let mut p = path.to_vec();
+            p.push(k);
+            p
+        };
+        let rps = self.checked(
+            &key("max_rps"),
+            max_rps,
+            default_rps,
+            |v| v > 0.0 && v.is_finite(),
+            "must be greater than 0",
+        );
+        let chars = self.checked(
+            &key("max_input_chars"),
+            max_input_chars,
+            8000,
+            |v| v >= 1,
+            "must be at least 1",
+        );
+        (rps, chars)
+    }
+
     fn semantic(
         &mut self,
         route: &str,
@@ -443,20 +473,8 @@ impl<'a> Checker<'a> {
         let key = |k| ["routes", route, "scoring", "semantic", k];
         let upstream = self.scorer_upstream(&key("upstream"), raw.upstream, upstreams);
         let model = self.required_string(&key("model"), raw.model);
-        let max_rps = self.checked(
-            &key("max_rps"),
-            raw.max_rps,
-            20.0,
-            |v| v > 0.0 && v.is_finite(),
-            "must be greater than 0",
-        );
-        let max_input_chars = self.checked(
-            &key("max_input_chars"),
-            raw.max_input_chars,
-            8000,
-            |v| v >= 1,
-            "must be at least 1",
-        );
+        let (max_rps, max_input_chars) =
+            self.scorer_limits(&path, raw.max_rps, 20.0, raw.max_input_chars);
         Some(SemanticConfig {
             upstream: upstream?,
             model: model?,
@@ -503,20 +521,8 @@ impl<'a> Checker<'a> {
                 "must be greater than 0 (leave it out for no limit), got 0",
             );
         }
-        let max_rps = self.checked(
-            &key("max_rps"),
-            raw.max_rps,
-            2.0,
-            |v| v > 0.0 && v.is_finite(),
-            "must be greater than 0",
-        );
-        let max_input_chars = self.checked(
-            &key("max_input_chars"),
-            raw.max_input_chars,
-            8000,
-            |v| v >= 1,
-            "must be at least 1",
-        );
+        let (max_rps, max_input_chars) =
+            self.scorer_limits(&path, raw.max_rps, 2.0, raw.max_input_chars);
         if let Some(prices) = raw.prices {
             for problem in prices.problems() {
                 let mut path = key("prices").to_vec();
