@@ -281,7 +281,8 @@ fn lookup(rules: &Rules, tokens: &[Token<'_>], index: usize) -> Option<(usize, &
 }
 
 /// Rewrites `text` with `rules` (left sides lowercase, right sides in natural case), keeping
-/// punctuation and the capital of a rewritten sentence start.
+/// punctuation and the capital of a rewritten sentence start; "a"/"an" before a rewritten word
+/// follows its first letter.
 fn rewrite(text: &str, rules: &Rules) -> String {
     let tokens = tokens(text);
     let mut out: Vec<String> = Vec::with_capacity(tokens.len());
@@ -290,10 +291,11 @@ fn rewrite(text: &str, rules: &Rules) -> String {
         match lookup(rules, &tokens, index) {
             Some((count, to)) => {
                 let last = &tokens[index + count - 1];
-                let mut replaced = String::from(token.lead);
-                replaced.push_str(&match_case(token.core, to));
-                replaced.push_str(last.trail);
-                out.push(replaced);
+                let replaced = match_case(token.core, to);
+                if let Some(article) = out.last_mut() {
+                    fix_article(article, &replaced);
+                }
+                out.push(format!("{}{replaced}{}", token.lead, last.trail));
                 index += count;
             }
             None => {
@@ -303,6 +305,19 @@ fn rewrite(text: &str, rules: &Rules) -> String {
         }
     }
     out.join(" ")
+}
+
+/// Turns `article` ("a", "an", "A", "An") into the one that goes before `word`.
+fn fix_article(article: &mut String, word: &str) {
+    let vowel = word.starts_with(['a', 'e', 'i', 'o', 'u', 'A', 'E', 'I', 'O', 'U']);
+    let fixed = match (article.as_str(), vowel) {
+        ("a", true) => "an",
+        ("A", true) => "An",
+        ("an", false) => "a",
+        ("An", false) => "A",
+        _ => return,
+    };
+    *article = fixed.to_owned();
 }
 
 /// `Style::Paraphrase`: every word or phrase of the paraphrase table, else of the synonym table,

@@ -1067,6 +1067,10 @@ fn words_and_rewrites_keep_the_text_shape() {
         meaning::pirate("Your order is here."),
         "Arr, matey! Yer order be here. Yo ho!"
     );
+    assert_eq!(
+        meaning::paraphrase("Send an item back, a confirmation and an email."),
+        "Send a product back, a notification and a mail."
+    );
     assert!((meaning::jaccard("a b c", "a b d") - 0.5).abs() < 1e-9);
     assert!((meaning::jaccard("", "") - 1.0).abs() < 1e-9);
 }
