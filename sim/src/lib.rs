@@ -1,12 +1,19 @@
 //! Simulated LLM upstream: an HTTP server speaking the OpenAI (chat completions, completions,
-//! responses) and Anthropic (messages) APIs, streaming and not, with adjustable latency and
-//! injected faults. It is the only fake in the project: integration tests, the SDK tests and
-//! `understudy demo` run Understudy against it.
+//! responses, embeddings) and Anthropic (messages) APIs, streaming and not, with adjustable
+//! latency and injected faults. It is the only fake in the project: integration tests, the SDK
+//! tests and `understudy demo` run Understudy against it.
 //!
 //! Answers come from small built-in corpora picked by a hash of the last user message, so two
 //! models with the same [`Style`] answer a request identically. A model's [`Behavior`] can be
 //! overridden per request with the headers `x-sim-fault` (`500`, `429`, any 4xx/5xx, `reset`,
 //! `hang`, `stall`, `broken-sse`) and `x-sim-latency-ms`.
+//!
+//! For semantic scoring: `POST /v1/embeddings` answers [`embed`] vectors (similar meaning,
+//! similar vectors), the styles [`Style::Paraphrase`], [`Style::Pirate`] and
+//! [`Style::WrongFacts`] give answers whose wording and meaning drift apart in known ways, and a
+//! [`Style::Judge`] model answers the product's pairwise judge prompt ([`judge_prompt`]) with a
+//! noisy verdict. The pure [`answer_text`], [`judge_verdict`] and [`embed`] give the same without
+//! HTTP.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -35,6 +42,12 @@ use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
+mod judge;
+mod meaning;
+
+pub use judge::{judge_prompt, judge_verdict, Judge, Verdict};
+pub use meaning::{cosine, embed};
+
 /// How the simulated model words its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
@@ -56,6 +69,34 @@ pub enum Style {
     /// small JSON object; `BrokenJson` answers with that object missing its closing brace.
     /// Otherwise like Echo.
     BrokenJson,
+    /// Echo's answer reworded as far as the simulator's tables allow: every word or phrase with
+    /// a paraphrase or synonym replaced ("You can track your package" -> "You are able to follow
+    /// your parcel"), including a few function words ("I have" -> "I've", "until" -> "till"),
+    /// while numbers and the other facts stay. The words change (word-level Jaccard similarity
+    /// with Echo below 0.5) but their meaning classes do not, so [`embed`] keeps it above 0.9
+    /// cosine with Echo and the judge finds it as good as Echo.
+    Paraphrase,
+    /// Echo's content in an unacceptable tone: "Arr, matey! " before, " Yo ho!" after, and
+    /// "you" -> "ye", "your" -> "yer", "is"/"are" -> "be", "my" -> "me" in between; most words
+    /// stay (at least 0.7 of Echo's distinct words). The judge prefers a normal answer.
+    Pirate,
+    /// Echo's words with some facts wrong: one or two of the support corpus's facts (every
+    /// sentence has one) replaced by a false version ("within thirty days" -> "within three
+    /// days", "You can export" -> "You cannot export", "for two years" -> "for two months",
+    /// "shipping is free" -> "shipping is paid"...), as many as keep the word-level Jaccard
+    /// similarity with Echo at 0.85 or more (at least one). Lexically and in [`embed`] it stays
+    /// close to Echo; the judge knows the true facts and prefers Echo.
+    WrongFacts,
+    /// A judge model: the last user message of a chat, messages, responses or completions
+    /// request in the layout of [`judge_prompt`] gets a JSON text answer
+    /// `{"verdict": "A" | "B" | "tie", "reason": "..."}` decided like [`judge_verdict`] with the
+    /// behaviour's [`Judge`] (streamed too if asked). Tools and JSON mode are ignored for those;
+    /// other requests are answered like Echo.
+    Judge,
+    /// A judge model whose verdicts cannot be parsed: judge prompts get one of "I think the first
+    /// one is better.", a sentence without a verdict, or JSON with the verdict "maybe". Other
+    /// requests are answered like Echo.
+    JudgeGarbled,
 }
 
 /// A failure injected into a response.
@@ -92,10 +133,12 @@ pub struct Behavior {
     pub fault: Option<Fault>,
     /// Probability that the fault applies to a request (1.0 = always).
     pub fault_rate: f64,
+    /// How a `Style::Judge` model decides (ignored by the other styles).
+    pub judge: Judge,
 }
 
 impl Default for Behavior {
-    /// Echo, no latency, no fault, fault rate 1.0.
+    /// Echo, no latency, no fault, fault rate 1.0, the default [`Judge`].
     fn default() -> Self {
         Self {
             style: Style::Echo,
@@ -103,6 +146,7 @@ impl Default for Behavior {
             chunk_delay: Duration::ZERO,
             fault: None,
             fault_rate: 1.0,
+            judge: Judge::default(),
         }
     }
 }
@@ -255,6 +299,9 @@ impl SimUpstream {
     ) -> Result<Response<SimBody>, SimError> {
         let (parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
+        if parts.method == Method::POST && parts.uri.path() == EMBEDDINGS_PATH {
+            return self.embeddings(&parts, &body, &cancel).await;
+        }
         let api = if parts.method == Method::POST {
             Api::from_path(parts.uri.path())
         } else {
@@ -270,14 +317,49 @@ impl SimUpstream {
             &body,
             prompt.as_ref().ok().map(|p| p.model.as_str()),
         );
+        let judge_message = match behavior.style {
+            Style::Judge | Style::JudgeGarbled => last_user_text(api, &body),
+            _ => None,
+        };
+        let request = Exchange {
+            api,
+            behavior: &behavior,
+            judge_message: judge_message.as_deref(),
+            headers: &parts.headers,
+            cancel: &cancel,
+        };
         match prompt {
-            Ok(prompt) => simulate(api, &prompt, &behavior, &parts.headers, &cancel).await,
+            Ok(prompt) => simulate(&request, &prompt).await,
             Err(message) => Ok(error_response(
                 api.is_anthropic(),
                 StatusCode::BAD_REQUEST,
                 &message,
             )),
         }
+    }
+
+    /// `POST /v1/embeddings`: counted and recorded, with the model's latency and faults.
+    async fn embeddings(
+        &self,
+        parts: &Parts,
+        body: &Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<Response<SimBody>, SimError> {
+        let request = parse_embeddings(body);
+        let model = request.as_ref().ok().map(|r| r.model.as_str());
+        let behavior = self.record(parts, body, model);
+        let request = match request {
+            Ok(request) => request,
+            Err(message) => {
+                return Ok(error_response(false, StatusCode::BAD_REQUEST, &message));
+            }
+        };
+        let fault = prelude(&behavior, &parts.headers, cancel).await?;
+        if let Some(Fault::Status(code)) = fault {
+            return Ok(status_error(false, code));
+        }
+        let full = Bytes::from(embeddings_body(&request).to_string());
+        Ok(full_reply(full, fault, cancel))
     }
 
     /// `GET /v1/models`, `ANY /echo/...` and 404 for the rest.
@@ -336,14 +418,23 @@ enum SimError {
     Body(#[from] hyper::Error),
 }
 
-/// Latency, faults and the answer for one API request.
-async fn simulate(
+/// One API request's surroundings: the endpoint, the model's behaviour, the judge prompt (the last
+/// user message, read only for judge styles), the headers and the shutdown signal.
+struct Exchange<'a> {
     api: Api,
-    prompt: &Prompt,
+    behavior: &'a Behavior,
+    judge_message: Option<&'a str>,
+    headers: &'a HeaderMap,
+    cancel: &'a CancellationToken,
+}
+
+/// Picks the fault (the `x-sim-fault` header, else the behaviour's at its rate), hangs for
+/// `hang` and waits out the latency; `Err` when shutdown comes first.
+async fn prelude(
     behavior: &Behavior,
     headers: &HeaderMap,
     cancel: &CancellationToken,
-) -> Result<Response<SimBody>, SimError> {
+) -> Result<Option<Fault>, SimError> {
     let fault = header_fault(headers).or_else(|| {
         behavior
             .fault
@@ -362,26 +453,51 @@ async fn simulate(
     {
         return Err(SimError::Shutdown);
     }
+    Ok(fault)
+}
+
+/// The API's error answer for an injected status.
+fn status_error(anthropic: bool, code: u16) -> Response<SimBody> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = format!("Simulated upstream failure ({status})");
+    error_response(anthropic, status, &message)
+}
+
+/// A 200 JSON answer, or its first half then a reset, a stall or the end (broken JSON).
+fn full_reply(full: Bytes, fault: Option<Fault>, cancel: &CancellationToken) -> Response<SimBody> {
+    let half = full.slice(..full.len() / 2);
+    let body = match fault {
+        Some(Fault::ResetMidStream) => {
+            SimBody::stream(vec![half], Duration::ZERO, Ending::Reset, cancel)
+        }
+        Some(Fault::StallMidStream) => {
+            SimBody::stream(vec![half], Duration::ZERO, Ending::Stall, cancel)
+        }
+        Some(Fault::BrokenSse) => SimBody::full(half),
+        _ => SimBody::full(full),
+    };
+    respond(StatusCode::OK, JSON_TYPE, body)
+}
+
+/// Latency, faults and the answer for one API request.
+async fn simulate(request: &Exchange<'_>, prompt: &Prompt) -> Result<Response<SimBody>, SimError> {
+    let Exchange {
+        api,
+        behavior,
+        judge_message,
+        headers,
+        cancel,
+    } = *request;
+    let fault = prelude(behavior, headers, cancel).await?;
     if let Some(Fault::Status(code)) = fault {
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = format!("Simulated upstream failure ({status})");
-        return Ok(error_response(api.is_anthropic(), status, &message));
+        return Ok(status_error(api.is_anthropic(), code));
     }
-    let answer = compose(behavior.style, prompt, &mut rand::rng());
+    let mut rng = rand::rng();
+    let answer = judge_answer(behavior, judge_message, prompt, &mut rng)
+        .unwrap_or_else(|| compose(behavior.style, prompt, &mut rng));
     if !prompt.stream {
         let full = Bytes::from(render_full(api, prompt, &answer).to_string());
-        let half = full.slice(..full.len() / 2);
-        let body = match fault {
-            Some(Fault::ResetMidStream) => {
-                SimBody::stream(vec![half], Duration::ZERO, Ending::Reset, cancel)
-            }
-            Some(Fault::StallMidStream) => {
-                SimBody::stream(vec![half], Duration::ZERO, Ending::Stall, cancel)
-            }
-            Some(Fault::BrokenSse) => SimBody::full(half),
-            _ => SimBody::full(full),
-        };
-        return Ok(respond(StatusCode::OK, JSON_TYPE, body));
+        return Ok(full_reply(full, fault, cancel));
     }
     let mut events = render_stream(api, prompt, &answer);
     let ending = match fault {
@@ -612,6 +728,36 @@ impl PromptText {
     }
 }
 
+/// The text of the last user message (Responses: or the input string; completions: the
+/// prompt), its parts joined by newlines; `None` if there is none.
+fn last_user_text(api: Api, body: &[u8]) -> Option<String> {
+    fn last_user(messages: &Value) -> Option<&Value> {
+        as_slice(messages)
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+    }
+    let request: Value = serde_json::from_slice(body).ok()?;
+    let mut text = String::new();
+    let mut add = |piece: &str| {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(piece);
+    };
+    match api {
+        Api::Chat | Api::Messages => {
+            for_each_text(&last_user(&request["messages"])?["content"], &mut add);
+        }
+        Api::Responses => match &request["input"] {
+            Value::String(input) => add(input),
+            items => for_each_text(&last_user(items)?["content"], &mut add),
+        },
+        Api::Completions => for_each_text(&request["prompt"], &mut add),
+    }
+    Some(text)
+}
+
 /// Whether the conversation ends with a tool result (then the model answers in text).
 fn tool_result_last(api: Api, request: &Value) -> bool {
     fn last(list: &Value) -> &Value {
@@ -747,8 +893,12 @@ fn compose(style: Style, prompt: &Prompt, rng: &mut impl Rng) -> Answer {
         };
     }
     let mut prose = sentences.join(" ");
-    if style == Style::Benign {
-        prose = vary(&prose, rng);
+    match style {
+        Style::Benign => prose = vary(&prose, rng),
+        Style::Paraphrase => prose = meaning::paraphrase(&prose),
+        Style::Pirate => prose = meaning::pirate(&prose),
+        Style::WrongFacts => prose = meaning::wrong_facts(&prose),
+        _ => {}
     }
     let mut text = if prompt.wants_json {
         json_answer(prose, seed)
@@ -768,6 +918,48 @@ fn compose(style: Style, prompt: &Prompt, rng: &mut impl Rng) -> Answer {
         _ => {}
     }
     limit(Answer::text(text, finish), prompt)
+}
+
+/// The answer of a judge style to a judge prompt (`None` for other styles and messages).
+fn judge_answer(
+    behavior: &Behavior,
+    message: Option<&str>,
+    prompt: &Prompt,
+    rng: &mut impl Rng,
+) -> Option<Answer> {
+    let garbled = match behavior.style {
+        Style::Judge => false,
+        Style::JudgeGarbled => true,
+        _ => return None,
+    };
+    let text = judge::reply(&behavior.judge, garbled, message?, rng)?;
+    Some(limit(Answer::text(text, Finish::Stop), prompt))
+}
+
+/// The text a model with `style` (and the default [`Judge`]) answers to a chat request whose
+/// only user message is `prompt`, without tools, `max_tokens` or `response_format` (a prompt
+/// that mentions JSON still gets a JSON answer, as over HTTP). `rng` drives the random styles
+/// (`Benign`, the judges). For benchmarks that need labelled answers without a server.
+pub fn answer_text(style: Style, prompt: &str, rng: &mut impl Rng) -> String {
+    let behavior = Behavior {
+        style,
+        ..Behavior::default()
+    };
+    let mut text = PromptText::default();
+    text.add(prompt);
+    let request = Prompt {
+        model: String::new(),
+        stream: false,
+        include_usage: false,
+        seed: fnv(FNV_OFFSET, prompt),
+        prompt_tokens: text.words,
+        max_words: None,
+        wants_json: text.mentions_json,
+        tool: None,
+    };
+    let answer = judge_answer(&behavior, Some(prompt), &request, rng)
+        .unwrap_or_else(|| compose(style, &request, rng));
+    answer.content().to_owned()
 }
 
 /// Cuts a text answer at the request's `max_tokens` words.
@@ -946,6 +1138,113 @@ fn json_pieces(json: &str) -> impl Iterator<Item = &str> {
         rest = tail;
         Some(piece)
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+/// Vector size when the request has no `dimensions`.
+const DEFAULT_DIMENSIONS: usize = 64;
+const MAX_DIMENSIONS: u64 = 4096;
+
+/// What the simulation needs from an embeddings request.
+#[derive(Debug)]
+struct EmbeddingsRequest {
+    model: String,
+    inputs: Vec<String>,
+    dimensions: usize,
+    /// `encoding_format: "base64"`: little-endian f32 bytes in base64 (the OpenAI SDKs' default).
+    base64: bool,
+}
+
+/// Reads an embeddings request body; the error is the message for a 400.
+fn parse_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, String> {
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|error| format!("We could not parse the JSON body of your request: {error}"))?;
+    let model = match &request["model"] {
+        Value::String(model) => model.clone(),
+        _ => return Err("you must provide a model parameter".to_owned()),
+    };
+    let bad_input = || "'input' must be a string or a non-empty array of strings".to_owned();
+    let inputs = match &request["input"] {
+        Value::String(input) => vec![input.clone()],
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(bad_input)?,
+        _ => return Err(bad_input()),
+    };
+    let dimensions = match &request["dimensions"] {
+        Value::Null => DEFAULT_DIMENSIONS,
+        value => value
+            .as_u64()
+            .filter(|n| (1..=MAX_DIMENSIONS).contains(n))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}"))?,
+    };
+    let base64 = match &request["encoding_format"] {
+        Value::Null => false,
+        format if *format == "float" => false,
+        format if *format == "base64" => true,
+        _ => return Err("'encoding_format' must be \"float\" or \"base64\"".to_owned()),
+    };
+    Ok(EmbeddingsRequest {
+        model,
+        inputs,
+        dimensions,
+        base64,
+    })
+}
+
+/// `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model", "usage"}`
+/// with the [`embed`] vector of each input.
+fn embeddings_body(request: &EmbeddingsRequest) -> Value {
+    let data: Vec<Value> = request
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let vector = embed(input, request.dimensions);
+            let embedding = if request.base64 {
+                Value::String(base64_f32(&vector))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens: u64 = request.inputs.iter().map(|input| count_words(input)).sum();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": request.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
+    })
+}
+
+/// Standard padded base64 of the little-endian bytes of `vector`.
+fn base64_f32(vector: &[f32]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (position, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if position <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1754,6 +2053,183 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("great", "wonderful"),
     ("option", "choice"),
     ("locations", "stores"),
+];
+
+/// The rewrites of `Style::Paraphrase`, tried before [`SYNONYMS`]: a lowercase word or phrase of
+/// [`SUPPORT`] and its replacement in natural case. The words of both sides that are not stop
+/// words share a meaning class (as do the two words of a synonym pair), which is what
+/// [`embed`] and the judge's topic check see. Phrases come first so that they win over their words.
+const PARAPHRASES: &[(&str, &str)] = &[
+    ("reaching out to", "contacting"),
+    ("make sure", "ensure"),
+    ("let me know", "tell me"),
+    ("i can see", "I notice"),
+    ("we are sorry", "we apologize"),
+    ("help center", "support hub"),
+    ("as soon as", "the moment"),
+    ("thank you", "many thanks"),
+    ("you can", "you are able to"),
+    ("i can", "I am able to"),
+    ("i have", "I've"),
+    ("we will", "we'll"),
+    ("has been", "was"),
+    ("asked about", "inquired about"),
+    ("address", "location"),
+    ("adds", "provides"),
+    ("again", "anew"),
+    ("another", "a different"),
+    ("anything", "something"),
+    ("app", "application"),
+    ("applied", "added"),
+    ("arrived", "landed"),
+    ("authentication", "verification"),
+    ("automatically", "by default"),
+    ("available", "accessible"),
+    ("bank", "lender"),
+    ("billing", "invoicing"),
+    ("business", "working"),
+    ("cancel", "terminate"),
+    ("changes", "updates"),
+    ("check", "inspect"),
+    ("clearing", "emptying"),
+    ("code", "voucher"),
+    ("confirmation", "notification"),
+    ("contact", "reach"),
+    ("data", "records"),
+    ("delivery", "drop-off"),
+    ("device", "gadget"),
+    ("discount", "promo"),
+    ("email", "mail"),
+    ("end", "close"),
+    ("error", "fault"),
+    ("every", "each"),
+    ("everything", "all"),
+    ("export", "download"),
+    ("feature", "capability"),
+    ("file", "record"),
+    ("future", "later"),
+    ("invoice", "receipt"),
+    ("keep", "retain"),
+    ("kind", "sort"),
+    ("last", "recent"),
+    ("layer", "level"),
+    ("listed", "shown"),
+    ("mentioned", "described"),
+    ("menu", "panel"),
+    ("number", "reference"),
+    ("only", "just"),
+    ("orders", "purchases"),
+    ("our", "the"),
+    ("packaging", "box"),
+    ("page", "screen"),
+    ("part", "component"),
+    ("password", "passcode"),
+    ("patience", "understanding"),
+    ("pickup", "collection"),
+    ("please", "kindly"),
+    ("purchase", "order"),
+    ("ready", "prepared"),
+    ("refund", "reimbursement"),
+    ("release", "launch"),
+    ("renew", "extend"),
+    ("repairs", "servicing"),
+    ("replacement", "substitute"),
+    ("reply", "respond"),
+    ("restarting", "rebooting"),
+    ("screenshot", "screengrab"),
+    ("section", "area"),
+    ("security", "safety"),
+    ("see", "notice"),
+    ("sending", "mailing"),
+    ("settings", "preferences"),
+    ("shipping", "delivery"),
+    ("spam", "junk"),
+    ("spreadsheet", "worksheet"),
+    ("standard", "regular"),
+    ("status", "state"),
+    ("stock", "inventory"),
+    ("store", "shop"),
+    ("subscription", "membership"),
+    ("support", "service"),
+    ("sure", "certain"),
+    ("takes", "requires"),
+    ("ticket", "case"),
+    ("top", "start"),
+    ("topic", "subject"),
+    ("try", "attempt"),
+    ("until", "till"),
+    ("updated", "refreshed"),
+    ("version", "edition"),
+    ("warranty", "guarantee"),
+    ("within", "inside"),
+];
+
+/// The words `Style::Pirate` swaps (between "Arr, matey! " and " Yo ho!").
+const PIRATE_WORDS: &[(&str, &str)] = &[
+    ("you", "ye"),
+    ("your", "yer"),
+    ("is", "be"),
+    ("are", "be"),
+    ("my", "me"),
+    ("hello", "ahoy"),
+    ("yes", "aye"),
+];
+
+/// The facts of [`SUPPORT`]: a phrase of exactly one sentence (every sentence has one) and its
+/// wrong version, which `Style::WrongFacts` says instead and which the judge recognises as false.
+const FACTS: &[(&str, &str)] = &[
+    ("our support team", "our sales team"),
+    ("everything looks in order", "nothing looks in order"),
+    (
+        "within three business days",
+        "within thirteen business days",
+    ),
+    ("You can track", "You cannot track"),
+    (
+        "five to seven business days",
+        "five to seven business months",
+    ),
+    ("a confirmation email", "a cancellation email"),
+    ("the latest version", "the oldest version"),
+    ("often fixes", "never fixes"),
+    ("You can change", "You cannot change"),
+    ("from nine in the morning", "from eleven in the morning"),
+    ("reply with a screenshot", "reply without a screenshot"),
+    ("our billing specialists", "our marketing specialists"),
+    ("applied once per customer", "applied twice per customer"),
+    ("the end of the month", "the end of the year"),
+    ("without extra fees", "with extra fees"),
+    ("currently back in stock", "currently out of stock"),
+    ("shipping is free", "shipping is paid"),
+    ("within thirty days", "within three days"),
+    (
+        "keep the original packaging",
+        "discard the original packaging",
+    ),
+    (
+        "updated the shipping address",
+        "deleted the shipping address",
+    ),
+    ("your last payment", "your first payment"),
+    ("sorry for the delay", "glad for the delay"),
+    ("for two years", "for two months"),
+    ("has been reserved", "has been cancelled"),
+    ("usually resolves", "never resolves"),
+    ("adds an extra layer", "removes an extra layer"),
+    ("was declined by", "was approved by"),
+    ("try another card", "try the same card"),
+    ("at the top of", "at the bottom of"),
+    ("notify you by email", "notify you by phone"),
+    ("is planned for", "is not planned for"),
+    ("You can export", "You cannot export"),
+    ("has a detailed guide", "has no detailed guide"),
+    ("applied a credit", "applied a charge"),
+    ("again tomorrow", "again next month"),
+    ("check your spam folder", "empty your spam folder"),
+    ("has been verified", "has been suspended"),
+    ("anything else I can help", "nothing else I can help"),
+    ("Have a great day", "Have a terrible day"),
+    ("at most of our locations", "at none of our locations"),
 ];
 
 #[cfg(test)]

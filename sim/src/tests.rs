@@ -979,3 +979,722 @@ async fn serves_h2c() {
     assert_eq!(kinds, expected_kinds(Api::Messages, false));
     harness.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Semantic scoring: the new styles, embeddings and the judge
+
+/// Prompts whose Echo answers cover the support corpus many times over.
+fn many_prompts() -> Vec<String> {
+    (0..400).map(|i| format!("Question number {i}?")).collect()
+}
+
+fn distinct_words(text: &str) -> std::collections::HashSet<String> {
+    meaning::words(text).into_iter().collect()
+}
+
+/// Share of `echo`'s distinct words that `other` keeps.
+fn kept(echo: &str, other: &str) -> f64 {
+    let (echo, other) = (distinct_words(echo), distinct_words(other));
+    echo.intersection(&other).count() as f64 / echo.len() as f64
+}
+
+fn similarity(a: &str, b: &str) -> f64 {
+    cosine(&embed(a, 64), &embed(b, 64))
+}
+
+/// (min, mean, max) of the values.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, values.iter().sum::<f64>() / values.len() as f64, max)
+}
+
+#[test]
+fn corpus_tables_are_consistent() {
+    assert!(
+        meaning::STOP_WORDS.windows(2).all(|pair| pair[0] < pair[1]),
+        "stop words sorted and unique"
+    );
+    for (right, wrong) in FACTS {
+        let holders = SUPPORT.iter().filter(|s| s.contains(right)).count();
+        assert_eq!(holders, 1, "{right:?} is in exactly one sentence");
+        assert_ne!(right, wrong);
+    }
+    for sentence in SUPPORT {
+        assert!(
+            FACTS.iter().any(|(right, _)| sentence.contains(right)),
+            "no fact in {sentence:?}"
+        );
+        assert!(!meaning::states_wrong_facts(sentence), "{sentence:?}");
+        let wrong = meaning::wrong_facts(sentence);
+        assert_ne!(&wrong, sentence);
+        assert!(meaning::states_wrong_facts(&wrong), "{wrong:?}");
+    }
+    for (from, _) in PARAPHRASES.iter().chain(SYNONYMS).chain(PIRATE_WORDS) {
+        assert_eq!(*from, from.to_lowercase(), "left sides are lowercase");
+    }
+    // A word and its synonym share a meaning class; other words are their own.
+    assert_eq!(
+        meaning::meaning_class("package"),
+        meaning::meaning_class("parcel")
+    );
+    assert_eq!(
+        meaning::meaning_class("issue"),
+        meaning::meaning_class("problem")
+    );
+    assert_eq!(
+        meaning::meaning_class("reaching"),
+        meaning::meaning_class("contacting")
+    );
+    assert_eq!(meaning::meaning_class("octopuses"), "octopuses");
+    assert_ne!(
+        meaning::meaning_class("package"),
+        meaning::meaning_class("refund")
+    );
+}
+
+#[test]
+fn words_and_rewrites_keep_the_text_shape() {
+    assert_eq!(
+        meaning::words("I'm here: Two-factor, “ok” 42’s!"),
+        ["i'm", "here", "two", "factor", "ok", "42's"]
+    );
+    assert_eq!(
+        meaning::paraphrase("You can track your package. Thanks, I can see it."),
+        "You are able to follow your parcel. Thanks, I notice it."
+    );
+    assert_eq!(
+        meaning::pirate("Your order is here."),
+        "Arr, matey! Yer order be here. Yo ho!"
+    );
+    assert_eq!(
+        meaning::paraphrase("Send an item back, a confirmation and an email."),
+        "Send a product back, a notification and a mail."
+    );
+    assert!((meaning::jaccard("a b c", "a b d") - 0.5).abs() < 1e-9);
+    assert!((meaning::jaccard("", "") - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn embeddings_are_deterministic_unit_vectors() {
+    let text = "Your order has been shipped.";
+    let vector = embed(text, 64);
+    assert_eq!(vector.len(), 64);
+    assert_eq!(vector, embed(text, 64), "deterministic");
+    let norm: f64 = vector.iter().map(|x| f64::from(*x).powi(2)).sum();
+    assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    for dims in [1, 8, 256, 1536] {
+        let vector = embed(text, dims);
+        assert_eq!(vector.len(), dims);
+        let norm: f64 = vector.iter().map(|x| f64::from(*x).powi(2)).sum();
+        assert!((norm - 1.0).abs() < 1e-4, "{dims}: {norm}");
+    }
+    assert!(embed("the of and to", 16).iter().all(|x| *x == 0.0));
+    assert!(embed("", 16).iter().all(|x| *x == 0.0));
+    assert_eq!(cosine(&embed("", 16), &embed(text, 16)), 0.0);
+    // Case and punctuation do not matter; synonyms are close; other words are not.
+    assert!((similarity("ORDER shipped!", "order, shipped") - 1.0).abs() < 1e-6);
+    assert!(similarity("package", "parcel") > 0.95);
+    assert!(similarity("package", "refund").abs() < 0.5);
+}
+
+#[test]
+fn new_styles_keep_or_change_meaning_as_documented() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (mut paraphrase, mut pirate, mut wrong, mut unrelated, mut benign) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut paraphrase_words, mut pirate_kept, mut wrong_words) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for prompt in many_prompts() {
+        let echo = answer_text(Style::Echo, &prompt, &mut rng);
+        let text = |style, rng: &mut StdRng| answer_text(style, &prompt, rng);
+
+        let para = text(Style::Paraphrase, &mut rng);
+        assert_eq!(para, text(Style::Paraphrase, &mut rng), "deterministic");
+        paraphrase.push(similarity(&echo, &para));
+        paraphrase_words.push(meaning::jaccard(&echo, &para));
+        assert!(!meaning::states_wrong_facts(&para), "{para}");
+
+        let arr = text(Style::Pirate, &mut rng);
+        assert!(arr.starts_with("Arr, matey! ") && arr.ends_with(" Yo ho!"));
+        pirate.push(similarity(&echo, &arr));
+        pirate_kept.push(kept(&echo, &arr));
+
+        let false_facts = text(Style::WrongFacts, &mut rng);
+        assert_ne!(false_facts, echo);
+        assert!(meaning::states_wrong_facts(&false_facts), "{false_facts}");
+        assert!(!meaning::states_wrong_facts(&echo), "{echo}");
+        wrong.push(similarity(&echo, &false_facts));
+        wrong_words.push(meaning::jaccard(&echo, &false_facts));
+
+        unrelated.push(similarity(&echo, &text(Style::Unrelated, &mut rng)));
+        let (one, two) = (text(Style::Benign, &mut rng), text(Style::Benign, &mut rng));
+        benign.push(similarity(&one, &two));
+        assert!(!meaning::states_wrong_facts(&one), "{one}");
+    }
+    let report = [
+        ("paraphrase cosine", spread(&paraphrase)),
+        ("paraphrase jaccard", spread(&paraphrase_words)),
+        ("pirate cosine", spread(&pirate)),
+        ("pirate kept", spread(&pirate_kept)),
+        ("wrong facts cosine", spread(&wrong)),
+        ("wrong facts jaccard", spread(&wrong_words)),
+        ("unrelated cosine", spread(&unrelated)),
+        ("benign vs benign cosine", spread(&benign)),
+    ];
+    for (name, (min, mean, max)) in report {
+        eprintln!("{name}: min {min:.3} mean {mean:.3} max {max:.3}");
+    }
+    assert!(spread(&paraphrase).0 >= 0.9, "paraphrase keeps the meaning");
+    assert!(
+        spread(&paraphrase_words).2 < 0.5,
+        "paraphrase changes the words"
+    );
+    assert!(spread(&unrelated).2 <= 0.5, "unrelated is far");
+    assert!(
+        spread(&unrelated).1.abs() < 0.1,
+        "unrelated is near 0 on average"
+    );
+    assert!(spread(&benign).0 >= 0.95, "benign noise is small");
+    assert!(spread(&pirate_kept).0 >= 0.7, "pirate keeps most words");
+    assert!(
+        spread(&pirate).1 < spread(&paraphrase).1,
+        "pirate adds words"
+    );
+    assert!(
+        spread(&wrong_words).0 >= 0.85,
+        "wrong facts keeps the words"
+    );
+}
+
+#[tokio::test]
+async fn new_styles_answer_on_every_api_streaming_and_not() {
+    let harness = start(Behavior::default()).await;
+    let prompt = "Can I get my money back?";
+    for style in [Style::Paraphrase, Style::Pirate, Style::WrongFacts] {
+        harness.sim.set_behavior(
+            "candidate",
+            Behavior {
+                style,
+                ..Behavior::default()
+            },
+        );
+        let expected = answer_text(style, prompt, &mut rand::rng());
+        assert_ne!(expected, answer_text(Style::Echo, prompt, &mut rand::rng()));
+        for api in APIS {
+            let body = request(api, "candidate", prompt, json!({}));
+            let reply = harness.call(api, &body, &[]).await;
+            let (text, finish, _) = full_answer(api, &reply.json());
+            assert_eq!(
+                (text.as_str(), finish.as_str()),
+                (expected.as_str(), stop_finish(api))
+            );
+            let body = request(api, "candidate", prompt, json!({"stream": true}));
+            let events = harness.call(api, &body, &[]).await.events();
+            assert_eq!(stream_kinds(api, &events), expected_kinds(api, false));
+            assert_eq!(
+                streamed_answer(api, &events).0,
+                expected,
+                "{style:?} {api:?}"
+            );
+        }
+        // JSON mode wraps the styled prose.
+        let body = request(
+            Api::Chat,
+            "candidate",
+            prompt,
+            json!({"response_format": {"type": "json_object"}}),
+        );
+        let reply = harness.call(Api::Chat, &body, &[]).await;
+        let answer: Value = serde_json::from_str(&full_answer(Api::Chat, &reply.json()).0).unwrap();
+        assert_eq!(answer["answer"], expected.as_str());
+    }
+    harness.shutdown().await;
+}
+
+#[test]
+fn answer_text_gives_each_style() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let prompt = "Where is my parcel?";
+    let echo = answer_text(Style::Echo, prompt, &mut rng);
+    assert_eq!(
+        echo,
+        text_of(&compose(
+            Style::Echo,
+            &super::tests::prompt(prompt, false),
+            &mut rng
+        ))
+    );
+    assert_eq!(answer_text(Style::Refuse, prompt, &mut rng), REFUSAL);
+    assert!(echo.starts_with(&answer_text(Style::Truncate, prompt, &mut rng)));
+    let json_answer: Value =
+        serde_json::from_str(&answer_text(Style::Echo, "Answer in JSON please", &mut rng)).unwrap();
+    assert!(json_answer["answer"].is_string());
+    // A judge model answers other prompts like Echo.
+    assert_eq!(answer_text(Style::Judge, prompt, &mut rng), echo);
+    assert_eq!(answer_text(Style::JudgeGarbled, prompt, &mut rng), echo);
+}
+
+fn tally(verdicts: impl IntoIterator<Item = Verdict>) -> (f64, f64, f64) {
+    let (mut a, mut b, mut tie, mut n) = (0.0, 0.0, 0.0, 0.0);
+    for verdict in verdicts {
+        n += 1.0;
+        match verdict {
+            Verdict::A => a += 1.0,
+            Verdict::B => b += 1.0,
+            Verdict::Tie => tie += 1.0,
+        }
+    }
+    (a / n, b / n, tie / n)
+}
+
+#[test]
+fn clean_answers_have_no_flaws_and_bad_ones_do() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for prompt in many_prompts().iter().take(100) {
+        for style in [Style::Echo, Style::Benign, Style::Paraphrase] {
+            let answer = answer_text(style, prompt, &mut rng);
+            let assessment = judge::assess(&answer, prompt);
+            assert!(
+                assessment.flaws.is_empty(),
+                "{style:?} {answer}: {assessment:?}"
+            );
+        }
+        let flaws =
+            |style, rng: &mut StdRng| judge::assess(&answer_text(style, prompt, rng), prompt).flaws;
+        assert!(flaws(Style::Refuse, &mut rng).contains(&"refuses"));
+        assert!(flaws(Style::Pirate, &mut rng).contains(&"talks like a pirate"));
+        assert!(flaws(Style::Unrelated, &mut rng).contains(&"is off topic"));
+        assert_eq!(flaws(Style::WrongFacts, &mut rng), ["states wrong facts"]);
+    }
+    let assess = |text: &str| judge::assess(text, "Where is my order?").flaws;
+    assert_eq!(assess(""), ["is empty"]);
+    assert_eq!(assess("Your order has been shipped and"), ["is cut off"]);
+    assert_eq!(
+        assess("{\"answer\": \"Your order has been shipped.\""),
+        ["is broken JSON"]
+    );
+    assert!(assess("{\"answer\": \"Your order has been shipped.\"}").is_empty());
+    // The request's own words are on topic.
+    let octopus = "Octopuses have three hearts and blue blood.";
+    assert!(
+        judge::assess(octopus, "Tell me about octopuses, their hearts and blood")
+            .flaws
+            .is_empty()
+    );
+    assert_eq!(assess(octopus), ["is off topic"]);
+}
+
+#[test]
+fn judge_prefers_the_clearly_better_answer() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let prompts = many_prompts();
+    for style in [
+        Style::Refuse,
+        Style::Unrelated,
+        Style::Pirate,
+        Style::WrongFacts,
+    ] {
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        for prompt in &prompts {
+            let good = answer_text(Style::Echo, prompt, &mut rng);
+            let bad = answer_text(style, prompt, &mut rng);
+            first.push(judge_verdict(
+                "Prefer correct, polite, on-topic answers.",
+                prompt,
+                &good,
+                &bad,
+                &mut rng,
+            ));
+            second.push(judge_verdict(
+                "Prefer correct, polite, on-topic answers.",
+                prompt,
+                &bad,
+                &good,
+                &mut rng,
+            ));
+        }
+        let (a, b, tie) = tally(first);
+        eprintln!("Echo (A) vs {style:?} (B): A {a:.3} B {b:.3} tie {tie:.3}");
+        assert!(
+            (0.9..1.0).contains(&a),
+            "{style:?}: the better answer mostly wins, not always"
+        );
+        assert!(b < 0.05 && tie < 0.07, "{style:?}: {b} {tie}");
+        let (a, b, tie) = tally(second);
+        eprintln!("{style:?} (A) vs Echo (B): A {a:.3} B {b:.3} tie {tie:.3}");
+        assert!(
+            (0.9..1.0).contains(&b),
+            "{style:?}: position does not matter"
+        );
+        assert!(a < 0.05 && tie < 0.07, "{style:?}: {a} {tie}");
+    }
+    // A paraphrase with the true facts beats the same answer with wrong ones.
+    let prompt = "Question number 7?";
+    let para = answer_text(Style::Paraphrase, prompt, &mut rng);
+    let wrong = answer_text(Style::WrongFacts, prompt, &mut rng);
+    let (a, _, _) = tally((0..400).map(|_| judge_verdict("", prompt, &para, &wrong, &mut rng)));
+    assert!(a > 0.9, "{a}");
+}
+
+#[test]
+fn judge_flips_coins_between_equal_answers() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for style in [Style::Echo, Style::Benign, Style::Paraphrase] {
+        let mut verdicts = Vec::new();
+        let mut swapped = Vec::new();
+        for prompt in many_prompts().iter().cycle().take(2000) {
+            let echo = answer_text(Style::Echo, prompt, &mut rng);
+            let other = answer_text(style, prompt, &mut rng);
+            verdicts.push(judge_verdict("", prompt, &echo, &other, &mut rng));
+            swapped.push(judge_verdict("", prompt, &other, &echo, &mut rng));
+        }
+        for (order, verdicts) in [("echo first", verdicts), ("echo second", swapped)] {
+            let (a, b, tie) = tally(verdicts);
+            eprintln!("Echo vs {style:?}, {order}: A {a:.3} B {b:.3} tie {tie:.3}");
+            assert!((0.38..0.52).contains(&a), "{style:?} {order}: A {a}");
+            assert!((0.28..0.42).contains(&b), "{style:?} {order}: B {b}");
+            assert!((0.14..0.26).contains(&tie), "{style:?} {order}: tie {tie}");
+            assert!(
+                a > b + 0.04,
+                "{style:?} {order}: the position bias favours A"
+            );
+        }
+    }
+    let unbiased = Judge {
+        position_bias: 0.0,
+        ..Judge::default()
+    };
+    let same = "Your order has been shipped.";
+    let (a, b, _) = tally((0..4000).map(|_| unbiased.verdict("", "", same, same, &mut rng)));
+    assert!((a - b).abs() < 0.04, "{a} {b}");
+}
+
+#[test]
+fn judge_prompt_layout_round_trips() {
+    let prompt = judge_prompt(
+        "Be fair.",
+        "Where is\nmy order?",
+        "Answer one.",
+        "Two </answer> x",
+    );
+    assert!(prompt.starts_with("<rubric>\nBe fair.\n</rubric>\n<request>\n"));
+    assert!(prompt.ends_with(
+        "Which answer is better under the rubric? Reply with JSON only: \
+         {\"verdict\": \"A\" | \"B\" | \"tie\", \"reason\": \"...\"}"
+    ));
+    let layout = judge::Layout::parse(&prompt).unwrap();
+    assert_eq!(
+        layout,
+        judge::Layout {
+            rubric: "Be fair.",
+            request: "Where is\nmy order?",
+            a: "Answer one.",
+            b: "Two </answer> x",
+        }
+    );
+    assert_eq!(judge::Layout::parse("Where is my order?"), None);
+    assert_eq!(
+        judge::Layout::parse(&prompt.replace("<answer id=\"B\">", "<answer>")),
+        None
+    );
+    assert_eq!(judge::Layout::parse(&prompt.replace("</rubric>", "")), None);
+}
+
+/// A judge request of `api` comparing `a` and `b`.
+fn judge_request(api: Api, model: &str, a: &str, b: &str, extra: Value) -> Value {
+    let prompt = judge_prompt("Prefer helpful answers.", "Where is my order?", a, b);
+    request(api, model, &prompt, extra)
+}
+
+/// The verdict of a judge's text answer, if it parses.
+fn parse_verdict(text: &str) -> Option<Verdict> {
+    let answer: Value = serde_json::from_str(text).ok()?;
+    answer["reason"].as_str()?;
+    match answer["verdict"].as_str()? {
+        "A" => Some(Verdict::A),
+        "B" => Some(Verdict::B),
+        "tie" => Some(Verdict::Tie),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn judge_model_answers_verdicts_over_http() {
+    let harness = start(Behavior::default()).await;
+    let sure = Judge {
+        decisiveness: 1.0,
+        ..Judge::default()
+    };
+    let judge = |judge| Behavior {
+        style: Style::Judge,
+        judge,
+        ..Behavior::default()
+    };
+    harness.sim.set_behavior("judge", judge(sure));
+    let good = answer_text(Style::Echo, "Where is my order?", &mut rand::rng());
+    for api in [Api::Chat, Api::Messages, Api::Responses] {
+        for (a, b, expected) in [
+            (good.as_str(), REFUSAL, Verdict::A),
+            (REFUSAL, good.as_str(), Verdict::B),
+        ] {
+            let body = judge_request(api, "judge", a, b, json!({}));
+            let reply = harness.call(api, &body, &[]).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            let (text, finish, _) = full_answer(api, &reply.json());
+            assert_eq!(finish, stop_finish(api));
+            assert_eq!(parse_verdict(&text), Some(expected), "{api:?}: {text}");
+            assert!(text.contains("refuses"), "{text}");
+            // Streaming works too.
+            let body = judge_request(api, "judge", a, b, json!({"stream": true}));
+            let events = harness.call(api, &body, &[]).await.events();
+            let (streamed, _) = streamed_answer(api, &events);
+            assert_eq!(
+                parse_verdict(&streamed),
+                Some(expected),
+                "{api:?}: {streamed}"
+            );
+        }
+    }
+    // Tools and JSON mode do not change a verdict.
+    let tools = json!({
+        "response_format": {"type": "json_object"},
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    });
+    let body = judge_request(Api::Chat, "judge", REFUSAL, &good, tools);
+    let text = full_answer(Api::Chat, &harness.call(Api::Chat, &body, &[]).await.json()).0;
+    assert_eq!(parse_verdict(&text), Some(Verdict::B));
+
+    // The position bias is configurable: all for A between equal answers.
+    let biased = Judge {
+        tie_rate: 0.0,
+        position_bias: 0.5,
+        ..Judge::default()
+    };
+    harness.sim.set_behavior("judge", judge(biased));
+    for _ in 0..10 {
+        let body = judge_request(Api::Messages, "judge", &good, &good, json!({}));
+        let text = full_answer(
+            Api::Messages,
+            &harness.call(Api::Messages, &body, &[]).await.json(),
+        )
+        .0;
+        assert_eq!(parse_verdict(&text), Some(Verdict::A), "{text}");
+    }
+    // The default judge answers all three verdicts between equal answers.
+    harness.sim.set_behavior("judge", judge(Judge::default()));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let body = judge_request(Api::Chat, "judge", &good, &good, json!({}));
+        let text = full_answer(Api::Chat, &harness.call(Api::Chat, &body, &[]).await.json()).0;
+        seen.insert(parse_verdict(&text).unwrap().as_str());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // A judge model answers other prompts like Echo.
+    let plain = request(Api::Chat, "judge", "Where is my order?", json!({}));
+    let text = full_answer(
+        Api::Chat,
+        &harness.call(Api::Chat, &plain, &[]).await.json(),
+    )
+    .0;
+    assert_eq!(text, good);
+    assert_eq!(harness.sim.calls_for("judge"), 12 + 1 + 10 + 60 + 1);
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbled_judge_answers_no_verdict() {
+    let harness = start(Behavior {
+        style: Style::JudgeGarbled,
+        ..Behavior::default()
+    })
+    .await;
+    let good = answer_text(Style::Echo, "Where is my order?", &mut rand::rng());
+    let mut texts = std::collections::HashSet::new();
+    for _ in 0..30 {
+        for api in [Api::Chat, Api::Messages] {
+            let body = judge_request(api, "garbled", &good, REFUSAL, json!({}));
+            let reply = harness.call(api, &body, &[]).await;
+            let text = full_answer(api, &reply.json()).0;
+            assert_eq!(parse_verdict(&text), None, "{text}");
+            texts.insert(text);
+        }
+    }
+    assert!(
+        texts.contains("I think the first one is better."),
+        "{texts:?}"
+    );
+    assert!(texts.len() >= 2, "{texts:?}");
+    let body = judge_request(
+        Api::Chat,
+        "garbled",
+        &good,
+        REFUSAL,
+        json!({"stream": true}),
+    );
+    let events = harness.call(Api::Chat, &body, &[]).await.events();
+    assert_eq!(parse_verdict(&streamed_answer(Api::Chat, &events).0), None);
+    harness.shutdown().await;
+}
+
+/// The vectors of an embeddings answer.
+fn vectors(body: &Value) -> Vec<Vec<f32>> {
+    as_slice(&body["data"])
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            assert_eq!(item["object"], "embedding");
+            assert_eq!(item["index"], index);
+            as_slice(&item["embedding"])
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn embeddings_request(model: &str, input: Value, extra: Value) -> String {
+    let mut body = json!({"model": model, "input": input});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    body.to_string()
+}
+
+#[tokio::test]
+async fn embeddings_endpoint_answers_in_openai_shape() {
+    let harness = start(Behavior::default()).await;
+    let mut rng = StdRng::seed_from_u64(1);
+    let prompt = "Where is my order?";
+    let styles = [
+        Style::Echo,
+        Style::Paraphrase,
+        Style::Unrelated,
+        Style::Pirate,
+        Style::WrongFacts,
+    ];
+    let texts: Vec<String> = styles
+        .iter()
+        .map(|s| answer_text(*s, prompt, &mut rng))
+        .collect();
+    let body = embeddings_request("text-embedding-sim", json!(texts), json!({}));
+    let reply = harness
+        .send(Method::POST, "/v1/embeddings", &body, &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers[CONTENT_TYPE], JSON_TYPE);
+    let answer = reply.json();
+    assert_eq!(answer["object"], "list");
+    assert_eq!(answer["model"], "text-embedding-sim");
+    let words: u64 = texts.iter().map(|t| count_words(t)).sum();
+    assert_eq!(
+        answer["usage"],
+        json!({"prompt_tokens": words, "total_tokens": words})
+    );
+    let answered = vectors(&answer);
+    assert_eq!(answered.len(), styles.len());
+    for (vector, text) in answered.iter().zip(&texts) {
+        assert_eq!(vector.len(), 64);
+        assert_eq!(*vector, embed(text, 64), "the pure function's vector");
+    }
+    let echo = &answered[0];
+    assert!(cosine(echo, &answered[1]) >= 0.9, "paraphrase");
+    assert!(cosine(echo, &answered[2]) <= 0.5, "unrelated");
+    assert!(
+        cosine(echo, &answered[3]) > cosine(echo, &answered[2]),
+        "pirate"
+    );
+    assert!(cosine(echo, &answered[4]) > 0.5, "wrong facts look alike");
+
+    // One string, `dimensions`, base64.
+    let body = embeddings_request("m", json!("Hello there"), json!({"dimensions": 8}));
+    let answer = harness
+        .send(Method::POST, "/v1/embeddings", &body, &[])
+        .await
+        .json();
+    assert_eq!(vectors(&answer), [embed("Hello there", 8)]);
+    assert_eq!(answer["usage"]["prompt_tokens"], 2);
+    let body = embeddings_request(
+        "m",
+        json!(["Hello there"]),
+        json!({"encoding_format": "base64"}),
+    );
+    let answer = harness
+        .send(Method::POST, "/v1/embeddings", &body, &[])
+        .await
+        .json();
+    assert_eq!(
+        answer["data"][0]["embedding"],
+        base64_f32(&embed("Hello there", 64)).as_str()
+    );
+    assert_eq!(base64_f32(&[1.0, -2.5]), "AACAPwAAIMA=");
+
+    for bad in [
+        r#"{"input": "no model"}"#.to_owned(),
+        embeddings_request("m", json!([]), json!({})),
+        embeddings_request("m", json!([1, 2, 3]), json!({})),
+        embeddings_request("m", json!("x"), json!({"dimensions": 0})),
+        embeddings_request("m", json!("x"), json!({"encoding_format": "hex"})),
+        "{not json".to_owned(),
+    ] {
+        let reply = harness
+            .send(Method::POST, "/v1/embeddings", &bad, &[])
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    }
+    // Like the other endpoints, only well-formed requests count for their model.
+    assert_eq!(harness.sim.calls_for("m"), 2);
+    assert_eq!(harness.sim.calls_for("text-embedding-sim"), 1);
+    assert_eq!(harness.sim.calls(), 9);
+    let paths: Vec<String> = harness
+        .sim
+        .requests()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(paths.iter().all(|p| p == "/v1/embeddings") && paths.len() == 9);
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn embeddings_get_faults_and_latency() {
+    let harness = start(Behavior::default()).await;
+    let body = embeddings_request("m", json!("Hi there"), json!({}));
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        harness.send(Method::POST, "/v1/embeddings", &body, headers)
+    };
+    let reply = send(&[("x-sim-fault", "503")]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+    let reply = send(&[("x-sim-fault", "reset")]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.is_err(), "the body breaks off");
+    let reply = send(&[("x-sim-fault", "broken-sse")]).await;
+    assert!(serde_json::from_slice::<Value>(reply.body.as_ref().unwrap()).is_err());
+    let started = tokio::time::Instant::now();
+    let reply = send(&[("x-sim-latency-ms", "80")]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(80));
+    let hang = send(&[("x-sim-fault", "hang")]);
+    assert!(tokio::time::timeout(Duration::from_millis(100), hang)
+        .await
+        .is_err());
+    harness.sim.set_behavior(
+        "failing",
+        Behavior {
+            fault: Some(Fault::Status(429)),
+            ..Behavior::default()
+        },
+    );
+    let failing = embeddings_request("failing", json!("Hi"), json!({}));
+    let reply = harness
+        .send(Method::POST, "/v1/embeddings", &failing, &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(harness.sim.calls_for("m"), 5);
+    assert_eq!(harness.sim.calls_for("failing"), 1);
+    harness.shutdown().await;
+}
