@@ -44,10 +44,14 @@ pub use config::{ApiFlavor, Config};
 pub use domain::{Prices, ReleaseSpec};
 pub use server::{run, Listeners, ServerError};
 
-/// The pure functions of the hot paths, for the benches.
+/// The pure functions of the hot paths and the judge, for the benches.
 pub mod hot_paths {
-    pub use crate::observe::{ApiShape, FinishReason, Observation, Observer, SseReader, StreamEnd};
-    pub use crate::score::{finish, length, lexical, refusal, score, structure, Weights};
+    pub use crate::config::RollbackConfig;
+    pub use crate::control::Judge;
+    pub use crate::observe::{
+        ApiShape, FinishReason, Observation, Observer, SseReader, StreamEnd, ToolCall,
+    };
+    pub use crate::score::{finish, length, lexical, refusal, score, structure, Score, Weights};
     pub use crate::state::{Release, Upstream};
     pub use crate::upstream::{rewrite_request, ModelRewriter, RequestBody};
 }

@@ -24,7 +24,7 @@ mod reviews;
 mod store;
 mod views;
 
-use judge::Judge;
+pub use judge::Judge;
 use lifecycle::{AlertBlocked, RouteHistory};
 use reviews::{OutputView, Reviews};
 use store::{SampleList, Store, Transition};
