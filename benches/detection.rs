@@ -9,6 +9,7 @@
 //!     cargo bench --bench detection          # the full table (about a minute)
 //!
 //! Under `cargo test` it runs a small smoke version of the same loop.
+#![expect(clippy::print_stdout, reason = "the benchmark prints its table")]
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
