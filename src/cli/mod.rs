@@ -365,3 +365,29 @@ fn table(rows: &[Vec<String>]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_each_scorers_quality() {
+        let route = json!({
+            "name": "bot", "phase": "shadow", "share": 0.05, "serving": 1,
+            "stable": {"version": 1, "label": "v3", "model": "m-1"},
+            "candidate": {"version": 2, "label": null, "model": "m-2"},
+            "quality": 0.41, "noise_floor": 0.8, "samples": 40,
+            "scorers": [
+                {"scorer": "lexical", "quality": 0.97},
+                {"scorer": "judge", "quality": 0.312},
+            ],
+        });
+        let table = status_table(&[route]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("SCORERS"), "{table}");
+        assert!(lines[1].ends_with("lexical 0.97 judge 0.31"), "{table}");
+        assert!(lines[1].contains("#1 (v3) m-1") && lines[1].contains("0.410"), "{table}");
+        let bare = status_table(&[json!({"name": "r", "scorers": []})]);
+        assert!(bare.lines().nth(1).unwrap().ends_with('-'), "{bare}");
+    }
+}
