@@ -386,7 +386,10 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].ends_with("SCORERS"), "{table}");
         assert!(lines[1].ends_with("lexical 0.97 judge 0.31"), "{table}");
-        assert!(lines[1].contains("#1 (v3) m-1") && lines[1].contains("0.410"), "{table}");
+        assert!(
+            lines[1].contains("#1 (v3) m-1") && lines[1].contains("0.410"),
+            "{table}"
+        );
         let bare = status_table(&[json!({"name": "r", "scorers": []})]);
         assert!(bare.lines().nth(1).unwrap().ends_with('-'), "{bare}");
     }
