@@ -76,6 +76,12 @@ enum Cmd {
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// A fault for every model: a 4xx/5xx status, reset, hang, stall or broken-sse.
+        #[arg(long)]
+        fault: Option<understudy_sim::Fault>,
+        /// The share of requests the fault applies to.
+        #[arg(long, default_value_t = 1.0)]
+        fault_rate: f64,
     },
 }
 
@@ -87,7 +93,11 @@ fn main() -> ExitCode {
         #[cfg(feature = "sim")]
         Cmd::Demo { port, exit } => understudy::demo(port, exit),
         #[cfg(feature = "sim")]
-        Cmd::MockUpstream { listen } => understudy::mock_upstream(&listen),
+        Cmd::MockUpstream {
+            listen,
+            fault,
+            fault_rate,
+        } => understudy::mock_upstream(&listen, fault, fault_rate),
         Cmd::Status { route, json } => admin_command(AdminCall::Status { route, json }),
         Cmd::History { route, json } => admin_command(AdminCall::History { route, json }),
         Cmd::Promote {

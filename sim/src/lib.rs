@@ -530,6 +530,17 @@ const BROKEN_EVENTS: [&str; 2] = [
     "data: <html><body>502 Bad Gateway</body></html>\n\n",
 ];
 
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    /// The `x-sim-fault` spellings: a 4xx/5xx status, `reset`, `hang`, `stall`, `broken-sse`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_fault(s.trim()).ok_or_else(|| {
+            format!("unknown fault {s:?}: a 4xx/5xx status, reset, hang, stall or broken-sse")
+        })
+    }
+}
+
 fn header_fault(headers: &HeaderMap) -> Option<Fault> {
     parse_fault(headers.get("x-sim-fault")?.to_str().ok()?.trim())
 }

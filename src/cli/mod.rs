@@ -136,8 +136,18 @@ pub fn demo(port: u16, exit: bool) -> ExitCode {
 /// Serves the simulated upstream (every model answers with the default behaviour) until Ctrl-C.
 /// Prints `listening on ADDR` once bound, for scripts that start it on port 0.
 #[cfg(feature = "sim")]
-pub fn mock_upstream(listen: &str) -> ExitCode {
+pub fn mock_upstream(
+    listen: &str,
+    fault: Option<understudy_sim::Fault>,
+    fault_rate: f64,
+) -> ExitCode {
     init_logging();
+    if !(0.0..=1.0).contains(&fault_rate) {
+        complain(&format!(
+            "--fault-rate must be between 0 and 1, got {fault_rate}"
+        ));
+        return ExitCode::from(2);
+    }
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen)
@@ -145,7 +155,11 @@ pub fn mock_upstream(listen: &str) -> ExitCode {
                 .map_err(|e| format!("bind {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             say(&format!("listening on {addr}"));
-            let sim = understudy_sim::SimUpstream::new(understudy_sim::Behavior::default());
+            let sim = understudy_sim::SimUpstream::new(understudy_sim::Behavior {
+                fault,
+                fault_rate,
+                ..understudy_sim::Behavior::default()
+            });
             sim.serve(listener, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
