@@ -460,8 +460,7 @@ async fn a_second_server_on_the_same_store_is_refused() {
         .await
         .unwrap()
         .unwrap()
-        .err()
-        .expect("a second server on the same store started");
+        .expect_err("a second server on the same store started");
     let message = err.to_string();
     let path = db(dir.path()).display().to_string();
     assert!(
