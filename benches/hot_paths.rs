@@ -268,7 +268,11 @@ fn observer(c: &mut Criterion) {
 /// A chat request of at least `bytes` bytes: a system message, then user and assistant turns.
 fn chat_request(bytes: usize) -> Vec<u8> {
     let turn = |i: usize| {
-        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        let role = if i.is_multiple_of(2) {
+            "user"
+        } else {
+            "assistant"
+        };
         let text: String = (i..i + 40).map(delta_text).collect();
         json!({"role": role, "content": text})
     };

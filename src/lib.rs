@@ -42,7 +42,16 @@ pub use cli::{admin_command, check_config, serve, AdminCall};
 pub use cli::{demo, mock_upstream};
 pub use config::{ApiFlavor, Config};
 pub use domain::{Prices, ReleaseSpec};
-pub use server::{run, Listeners, ServerError};
+pub use server::{run, run_with_store, Listeners, ServerError};
+
+/// The seam between the controller and its durable store: the trait, the SQLite backend and
+/// what a backend is given. `run_with_store` takes any backend; the integration tests wrap the
+/// SQLite one to make writes fail on demand.
+pub mod store {
+    pub use crate::control::{
+        EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition,
+    };
+}
 
 /// The pure functions of the hot paths and the judge, for the benches.
 pub mod hot_paths {

@@ -9,7 +9,7 @@ use crate::domain::{Phase, Prices, Trigger};
 
 use prometheus::{
     Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The scorers whose own quality is tracked (`understudy_scorer_quality{scorer}`).
@@ -50,7 +50,13 @@ pub struct Metrics {
     pub scorer_quality: GaugeVec,
     pub scorer_calls: IntCounterVec,
     pub check_failures: IntCounterVec,
+    pub store_errors: IntCounterVec,
+    pub store_healthy: IntGauge,
+    pub store_pending: IntGauge,
 }
+
+/// The store operations `understudy_store_errors_total{op}` counts.
+pub const STORE_OPS: [&str; 5] = ["commit", "samples", "probe", "check", "read"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -65,7 +71,7 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let rr = &["route", "release"];
-        Ok(Metrics {
+        let m = Metrics {
             requests: register(r, IntCounterVec::new(Opts::new("understudy_requests_total", "Client requests answered, by route, serving release and HTTP status."), &["route", "release", "status"])?)?,
             duration: register(r, HistogramVec::new(histogram("understudy_request_duration_seconds", "Time from receiving a client request to the end of its response body.", LATENCY_BUCKETS), rr)?)?,
             ttfb: register(r, HistogramVec::new(histogram("understudy_time_to_first_byte_seconds", "Time from receiving a client request to the first byte of the upstream's response body.", LATENCY_BUCKETS), rr)?)?,
@@ -85,8 +91,17 @@ impl Metrics {
             scorer_quality: register(r, GaugeVec::new(Opts::new("understudy_scorer_quality", "Each scorer's own rolling candidate score over its own noise floor (1 = as close to stable as stable is to itself)."), &["route", "scorer"])?)?,
             scorer_calls: register(r, IntCounterVec::new(Opts::new("understudy_scorer_calls_total", "Calls of the remote scorers (semantic, judge) by outcome (ok, skipped_budget, failed, unparseable); a failure drops the scorer for that sample, never fails the candidate."), &["route", "scorer", "outcome"])?)?,
             check_failures: register(r, IntCounterVec::new(Opts::new("understudy_check_failures_total", "Samples where the candidate failed one of the route's checks that stable passed (a hard failure)."), &["route", "check"])?)?,
+            store_errors: register(r, IntCounterVec::new(Opts::new("understudy_store_errors_total", "Failed store operations, by op (commit: a change or a queued rollback; samples: review samples; probe: the retry timer's test write; check: the store file removed or replaced; read)."), &["op"])?)?,
+            store_healthy: register(r, IntGauge::with_opts(Opts::new("understudy_store_healthy", "1 while the store takes writes and every change is durable; 0 while it is failing (rollbacks still take effect, in memory; other changes are refused)."))?)?,
+            store_pending: register(r, IntGauge::with_opts(Opts::new("understudy_store_pending_changes", "Changes in effect (rollbacks) but not yet written to the store, retried every second."))?)?,
             registry,
-        })
+        };
+        // Every op's series exists from the start, at 0, so the first error is an increase.
+        for op in STORE_OPS {
+            m.store_errors.with_label_values(&[op]).inc_by(0);
+        }
+        m.store_healthy.set(1);
+        Ok(m)
     }
 
     /// The registry in Prometheus text format.
@@ -286,6 +301,27 @@ impl Metrics {
         // The candidate is gone: its quality is no longer a live figure.
         self.forget_quality(route);
         tracing::warn!(route, trigger = trigger.as_str(), reason, from = ?from, to = ?to, "rolled back");
+    }
+
+    /// A store operation failed: counted; logged as an error when it turns the store failing,
+    /// at debug level while it stays failing (the retry timer tries every second).
+    pub fn store_error(&self, op: &'static str, error: &dyn std::fmt::Display, first: bool) {
+        self.store_errors.with_label_values(&[op]).inc();
+        if first {
+            tracing::error!(op, %error, "store failing: rollbacks stay in effect in memory and are written when it recovers; other changes are refused");
+        } else {
+            tracing::debug!(op, %error, "store still failing");
+        }
+    }
+
+    /// The store's health after an operation; `recovered` when it just became healthy.
+    pub fn store_state(&self, healthy: bool, pending: usize, recovered: bool) {
+        self.store_healthy.set(i64::from(healthy));
+        self.store_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        if recovered {
+            tracing::info!("store recovered: every change is durable");
+        }
     }
 
     /// The judge took a sample: its figures as gauges.

@@ -878,7 +878,7 @@ impl Traffic {
                         "/v1/chat/completions",
                         ALIAS,
                         &format!("{prompt} (ticket {n})"),
-                        n % 3 == 0,
+                        n.is_multiple_of(3),
                     );
                     let headers = [("content-type", "application/json")];
                     match try_send(Method::POST, &url, &headers, body.to_string()).await {

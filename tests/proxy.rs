@@ -742,10 +742,10 @@ async fn several_workers_serve_concurrent_connections_and_shut_down() {
     let url = format!("{}/v1/chat/completions", server.proxy);
     // 12 requests at once, so connections land on every worker (handed out in turn).
     let mut all = tokio::task::JoinSet::new();
-    for i in 0..12 {
+    for i in 0..12_u32 {
         let url = url.clone();
         all.spawn(async move {
-            let stream = i % 2 == 0;
+            let stream = i.is_multiple_of(2);
             let body = request_for("/v1/chat/completions", "support-bot", "hello there", stream);
             (stream, post(&url, &body, &[]).await)
         });

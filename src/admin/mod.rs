@@ -2,6 +2,12 @@
 //! webhook. Reads and changes both go to the controller, which commits every change to the
 //! store before it answers. Mutating calls (and the review samples, which hold user prompts)
 //! need the bearer token, compared in constant time.
+//!
+//! While the store is failing, this listener's `/readyz` answers 503 with the reason (the
+//! proxy listener's stays 200: it serves correctly from memory, and a probe failing there would
+//! take the traffic away); a rollback answers 202 with `"durable": false` (in effect, not yet
+//! written); the Alertmanager webhook answers 503 until its rollbacks are durable, so
+//! Alertmanager retries; publish, promote and finalize answer 503.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,9 +21,11 @@ use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::control::{Change, ChangeError, Command, Refused, SampleOrder};
+use crate::control::{
+    AlertEffect, Change, ChangeError, Command, Refused, SampleOrder, StoreStatus,
+};
 use crate::domain::{full, Body, Phase, Prices, ReleaseSpec, Trigger};
 use crate::metrics::Metrics;
 use crate::proxy::{error_response, text_response};
@@ -34,6 +42,9 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Commands for the controller, the one owner of change.
     pub control: mpsc::Sender<Command>,
+    /// The store's health, published by the controller; read by `/readyz` without a round trip
+    /// to the controller (which may be waiting on the disk).
+    pub store: watch::Receiver<StoreStatus>,
     /// The admin bearer token.
     pub token: Option<String>,
 }
@@ -67,7 +78,7 @@ impl Admin {
                 r
             }
             (&Method::GET, ["healthz"]) => text_response(StatusCode::OK, "ok\n"),
-            (&Method::GET, ["readyz"]) => text_response(StatusCode::OK, "ready\n"),
+            (&Method::GET, ["readyz"]) => self.readyz(),
             (&Method::GET, ["admin", "routes"]) => {
                 let (reply, rx) = oneshot::channel();
                 match self.ask(Command::Routes { reply }, rx).await {
@@ -120,6 +131,32 @@ impl Admin {
         Ok(resp)
     }
 
+    /// Ready while the store takes writes and every change is durable; else 503 and why.
+    fn readyz(&self) -> Response<Body> {
+        let status = self.store.borrow().clone();
+        if status.ok() {
+            return text_response(StatusCode::OK, "ready\n");
+        }
+        let mut text = format!(
+            "not ready: store failing: {}",
+            status.reason.as_deref().unwrap_or("unknown")
+        );
+        if status.pending > 0 {
+            text.push_str(&format!(
+                "; {} change(s) in effect but not yet durable",
+                status.pending
+            ));
+        }
+        text.push('\n');
+        let mut r = Response::new(full(text));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+
     fn authorized<B>(&self, req: &Request<B>) -> bool {
         let Some(token) = &self.token else {
             return false;
@@ -151,6 +188,8 @@ impl Admin {
             )
             .await
         {
+            // 202: in effect, but not yet durable (the store is failing; it is retried).
+            Some(Ok(v)) if v.durable == Some(false) => json_response(StatusCode::ACCEPTED, &v),
             Some(Ok(v)) => json_response(StatusCode::OK, &v),
             Some(Err(e)) => {
                 let (status, code) = match &e {
@@ -163,7 +202,9 @@ impl Admin {
                     ChangeError::Refused(Refused::Conflict(_)) => {
                         (StatusCode::CONFLICT, "conflict")
                     }
-                    ChangeError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+                    ChangeError::Store(_) | ChangeError::StoreUnavailable(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                    }
                 };
                 error_response(status, code, &e.to_string(), None)
             }
@@ -214,7 +255,28 @@ impl Admin {
         };
         let (reply, rx) = oneshot::channel();
         match self.ask(Command::Alerts { alerts, reply }, rx).await {
-            Some(outcomes) => json_response(StatusCode::OK, &json!({ "alerts": outcomes })),
+            Some(outcomes) => {
+                // A 5xx makes Alertmanager send the batch again: until every rollback it asked
+                // for is durable. A repeat finds no candidate, so retrying is harmless.
+                let durable = outcomes
+                    .iter()
+                    .all(|o| o.durable && o.outcome != AlertEffect::Failed);
+                if durable {
+                    json_response(StatusCode::OK, &json!({ "alerts": outcomes }))
+                } else {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({
+                            "alerts": outcomes,
+                            "error": {
+                                "message": "rollback in effect but not yet durable: the store is failing; retry",
+                                "type": "store_unavailable",
+                                "code": "store_unavailable",
+                            }
+                        }),
+                    )
+                }
+            }
             None => unavailable(),
         }
     }

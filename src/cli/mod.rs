@@ -234,13 +234,38 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
             if json {
                 pretty(&v)
             } else {
-                status_table(v["routes"].as_array().map_or(&[], Vec::as_slice))
+                let routes = v["routes"].as_array().map_or(&[][..], Vec::as_slice);
+                status_table(routes) + &store_notes(routes)
             }
         }
         AdminCall::Status { json: true, .. } | AdminCall::History { json: true, .. } => pretty(&v),
         AdminCall::History { .. } => history_table(&v),
-        _ => status_table(std::slice::from_ref(&v)),
+        _ => status_table(std::slice::from_ref(&v)) + &store_notes(std::slice::from_ref(&v)),
     })
+}
+
+/// A warning for each route whose store is failing, and for a change that is in effect but not
+/// yet durable; empty when all is well.
+fn store_notes(routes: &[Value]) -> String {
+    let mut out = String::new();
+    for r in routes {
+        let name = r["name"].as_str().unwrap_or("");
+        if r["durable"] == Value::Bool(false) {
+            out.push_str(&format!(
+                "\n{name}: in effect now, but NOT yet durable: the store is failing; it is written as soon as the store recovers (a restart before then loses it)"
+            ));
+        }
+        let store = &r["store"];
+        if store["state"].as_str().is_some_and(|s| s != "ok") {
+            out.push_str(&format!(
+                "\n{name}: store {}: {} ({} change(s) of this route not yet durable)",
+                store["state"].as_str().unwrap_or(""),
+                store["reason"].as_str().unwrap_or("unknown"),
+                store["pending"]
+            ));
+        }
+    }
+    out
 }
 
 fn pretty(v: &Value) -> String {
@@ -406,5 +431,24 @@ mod tests {
         );
         let bare = status_table(&[json!({"name": "r", "scorers": []})]);
         assert!(bare.lines().nth(1).unwrap().ends_with('-'), "{bare}");
+    }
+
+    #[test]
+    fn a_failing_store_and_a_change_not_yet_durable_are_said() {
+        let ok = json!({"name": "bot", "store": {"state": "ok", "pending": 0}, "durable": true});
+        assert_eq!(store_notes(&[ok]), "");
+        let failing = json!({"name": "bot", "durable": false,
+            "store": {"state": "failing", "reason": "store x: disk full", "pending": 1}});
+        let notes = store_notes(&[failing]);
+        let lines: Vec<&str> = notes.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 2, "{notes}");
+        assert!(
+            lines[0].starts_with("bot: in effect now, but NOT yet durable"),
+            "{notes}"
+        );
+        assert_eq!(
+            lines[1],
+            "bot: store failing: store x: disk full (1 change(s) of this route not yet durable)"
+        );
     }
 }

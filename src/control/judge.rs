@@ -305,7 +305,7 @@ mod tests {
         let mut decisions = Vec::new();
         for i in 0..n {
             let jitter = |rng: &mut rand::rngs::StdRng| rng.random_range(-0.1..0.1);
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 j.record_noise((floor + jitter(&mut rng)).clamp(0.0, 1.0), &[], c.window);
             }
             let errored = rng.random::<f64>() < err_rate;

@@ -3,13 +3,19 @@
 //! and Alertmanager) arrive on one queue and are applied one at a time: compute the transition
 //! (pure, in `lifecycle.rs`), commit it to the store, then publish the new [`Snapshot`] by
 //! swapping it in whole. The request path only ever reads the snapshot.
+//!
+//! The safe direction never depends on the disk: a rollback is applied and published first,
+//! then written; when the store cannot take it, it stays in effect and queued
+//! (`durability.rs`), retried on a timer in order, and the store reports failing (`/readyz`,
+//! `understudy_store_healthy`, the route views) until it is written. Risky changes (publish,
+//! promote, finalize) are committed first and refused while the store is failing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StickyKey};
@@ -18,26 +24,31 @@ use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
 use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 
+mod durability;
 mod judge;
 mod lifecycle;
 mod reviews;
 mod store;
 mod views;
 
+use durability::{Durability, Turn};
 pub use judge::Judge;
 use lifecycle::{AlertBlocked, RouteHistory};
 use reviews::{OutputView, Reviews};
-use store::{SampleList, Store, Transition};
-use views::{AlertEffect, AlertOutcome};
+pub use views::{AlertEffect, AlertOutcome};
 
 pub use reviews::ReviewSample;
 pub use views::RouteView;
 
+pub use durability::StoreStatus;
 pub use lifecycle::Refused;
-pub use store::{SqliteStore, StoreError};
+pub use store::{EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition};
 
 /// How often kept review samples are written to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
+/// How often the store is retried while failing (queued changes first), or checked (its file
+/// still the one opened) while healthy.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// Events listed per route in its detail.
 const EVENTS_SHOWN: usize = 200;
 
@@ -73,6 +84,11 @@ pub enum ChangeError {
     Refused(#[from] Refused),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store is failing: only rollbacks (applied in memory, written later) are accepted.
+    #[error(
+        "the store is failing ({0}); only rollbacks are accepted until it can be written again"
+    )]
+    StoreUnavailable(String),
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -139,6 +155,11 @@ pub struct Controller {
     default_upstream: Arc<Upstream>,
     settings: BTreeMap<String, Settings>,
     routes: BTreeMap<String, RouteRuntime>,
+    /// The store's health and the rollbacks in effect but not yet written.
+    durability: Durability,
+    /// The store's status for `/readyz`, which reads it without asking this thread (which may
+    /// be waiting on a slow disk).
+    health: watch::Sender<StoreStatus>,
 }
 
 fn now_ms() -> i64 {
@@ -236,14 +257,22 @@ impl Controller {
             default_upstream,
             settings,
             routes,
+            durability: Durability::default(),
+            health: watch::channel(StoreStatus::default()).0,
         };
         c.publish().map_err(StartError::Invalid)?;
+        c.store_turned(Turn::Same);
         Ok(c)
     }
 
     /// The snapshot the request path reads.
     pub fn state(&self) -> Arc<ArcSwap<Snapshot>> {
         Arc::clone(&self.state)
+    }
+
+    /// The store's status, as the controller last saw it.
+    pub fn store_status(&self) -> watch::Receiver<StoreStatus> {
+        self.health.subscribe()
     }
 
     /// Applies commands and samples until `shutdown` fires or the command senders are gone.
@@ -255,6 +284,8 @@ impl Controller {
         shutdown: CancellationToken,
     ) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -263,11 +294,20 @@ impl Controller {
                     Some(cmd) => self.apply(cmd),
                     None => break,
                 },
+                _ = retry.tick() => self.tend_store(),
                 _ = flush.tick() => self.flush_reviews(),
                 Some(s) = samples.recv() => self.sample(s),
             }
         }
         self.flush_reviews();
+        self.flush_pending();
+        if self.durability.pending() > 0 {
+            tracing::error!(
+                pending = self.durability.pending(),
+                reason = self.durability.failure().unwrap_or(""),
+                "stopping with changes that were never written to the store: they are lost"
+            );
+        }
     }
 
     fn apply(&mut self, cmd: Command) {
@@ -278,13 +318,22 @@ impl Controller {
                 reply,
             } => {
                 let result = self.change(&route, change).and_then(|()| {
-                    self.view(&route, false)
-                        .ok_or_else(|| ChangeError::UnknownRoute(route.clone()))
+                    let mut view = self
+                        .view(&route, false)
+                        .ok_or_else(|| ChangeError::UnknownRoute(route.clone()))?;
+                    view.durable = Some(view.store.pending == 0);
+                    Ok(view)
                 });
                 let _ = reply.send(result);
             }
             Command::Alerts { alerts, reply } => {
-                let outcomes = alerts.into_iter().map(|a| self.alert(a)).collect();
+                let mut outcomes: Vec<AlertOutcome> =
+                    alerts.into_iter().map(|a| self.alert(a)).collect();
+                // Said after the whole batch: a repeat of an alert whose rollback is in effect
+                // but not yet written is not durable either, so Alertmanager keeps retrying.
+                for o in &mut outcomes {
+                    o.durable = self.durability.pending_of(&o.route).next().is_none();
+                }
                 let _ = reply.send(outcomes);
             }
             Command::Routes { reply } => {
@@ -312,12 +361,21 @@ impl Controller {
         }
     }
 
-    /// Validates, commits and publishes one change.
+    /// Validates, commits and publishes one change. A rollback is published first and written
+    /// after (or queued, when the store cannot take it); any other change is refused while the
+    /// store is failing, and committed before it is published.
     fn change(&mut self, route: &str, change: Change) -> Result<(), ChangeError> {
         let rt = self
             .routes
             .get(route)
             .ok_or_else(|| ChangeError::UnknownRoute(route.to_string()))?;
+        let rollback = matches!(change, Change::Rollback { .. });
+        if !rollback && !self.durability.healthy() {
+            let status = self.durability.status(None);
+            return Err(ChangeError::StoreUnavailable(
+                status.reason.unwrap_or_default(),
+            ));
+        }
         let now = now_ms();
         let h = &rt.history;
         let t = match &change {
@@ -341,23 +399,108 @@ impl Controller {
             Change::Finalize => Some(lifecycle::finalize(h, now)?),
         };
         let Some(t) = t else { return Ok(()) };
-        self.commit(route, &t)?;
-        if let Change::Rollback {
+        let Change::Rollback {
             trigger, reason, ..
         } = &change
-        {
-            let (from, to) = t
-                .events
-                .last()
-                .map_or((None, None), |e| (e.from_version, e.to_version));
-            self.metrics.rolled_back(route, *trigger, reason, from, to);
-        }
+        else {
+            return self.commit(route, &t);
+        };
+        // In effect for the next request whatever the disk does; then made durable.
+        self.apply_in_memory(route, &t);
+        let (from, to) = t
+            .events
+            .last()
+            .map_or((None, None), |e| (e.from_version, e.to_version));
+        self.metrics.rolled_back(route, *trigger, reason, from, to);
+        self.durability.queue(route, t);
+        self.flush_pending();
         Ok(())
     }
 
     /// Commits `t`, applies it in memory and publishes the new snapshot.
     fn commit(&mut self, route: &str, t: &Transition) -> Result<(), ChangeError> {
-        self.store.commit(t)?;
+        if let Err(e) = self.store.commit(t) {
+            let turn = self.durability.failed(e.to_string());
+            self.metrics
+                .store_error("commit", &e, turn == Turn::Failing);
+            self.store_turned(turn);
+            return Err(e.into());
+        }
+        let turn = self.durability.succeeded();
+        self.store_turned(turn);
+        self.apply_in_memory(route, t);
+        Ok(())
+    }
+
+    /// Writes the queued changes in order, as far as the store takes them. A change whose
+    /// earlier attempt failed is first looked for in the store, so none is written twice.
+    fn flush_pending(&mut self) {
+        if self.durability.pending() == 0 {
+            return;
+        }
+        let store = &mut self.store;
+        let flushed = self.durability.flush(|p| {
+            if p.attempts > 0 {
+                let stored = store.load()?;
+                if durability::landed(&stored.routes, &p.transition) {
+                    return Ok(());
+                }
+            }
+            store.commit(&p.transition)
+        });
+        if let Some(e) = &flushed.error {
+            self.metrics
+                .store_error("commit", e, flushed.turn == Turn::Failing);
+        }
+        for route in &flushed.committed {
+            tracing::debug!(route, "queued change written to the store");
+        }
+        self.store_turned(flushed.turn);
+    }
+
+    /// The retry timer: write what is queued; else, while failing, probe the store with a write
+    /// that changes nothing; else check that it is still the store that was opened.
+    fn tend_store(&mut self) {
+        if self.durability.pending() > 0 {
+            self.flush_pending();
+            return;
+        }
+        let turn = if self.durability.failure().is_some() {
+            match self.store.probe() {
+                Ok(()) => self.durability.succeeded(),
+                Err(e) => {
+                    let turn = self.durability.failed(e.to_string());
+                    self.metrics.store_error("probe", &e, turn == Turn::Failing);
+                    turn
+                }
+            }
+        } else {
+            match self.store.check() {
+                Ok(()) => Turn::Same,
+                Err(e) => {
+                    let turn = self.durability.failed(e.to_string());
+                    self.metrics.store_error("check", &e, turn == Turn::Failing);
+                    turn
+                }
+            }
+        };
+        self.store_turned(turn);
+    }
+
+    /// After every store operation: the gauges, `/readyz`'s status and, on a recovery, the log.
+    fn store_turned(&mut self, turn: Turn) {
+        let status = self.durability.status(None);
+        self.metrics
+            .store_state(status.ok(), status.pending, turn == Turn::Recovered);
+        self.health.send_if_modified(|now| {
+            let changed = *now != status;
+            *now = status;
+            changed
+        });
+    }
+
+    /// Applies `t` (already committed, or queued) in memory and publishes the new snapshot.
+    fn apply_in_memory(&mut self, route: &str, t: &Transition) {
         if let Some(rt) = self.routes.get_mut(route) {
             let before = (rt.history.record.stable, rt.history.record.candidate);
             rt.history.apply(t);
@@ -379,7 +522,6 @@ impl Controller {
             // Cannot happen for validated changes; the previous snapshot keeps serving.
             tracing::error!(route, error = %e, "snapshot not published");
         }
-        Ok(())
     }
 
     fn alert(&mut self, a: Alert) -> AlertOutcome {
@@ -409,6 +551,7 @@ impl Controller {
         AlertOutcome {
             route: a.route,
             outcome,
+            durable: true,
         }
     }
 
@@ -488,6 +631,7 @@ impl Controller {
     }
 
     fn flush_reviews(&mut self) {
+        let mut turn = Turn::Same;
         for (name, rt) in &mut self.routes {
             if !rt.reviews.dirty {
                 continue;
@@ -509,10 +653,23 @@ impl Controller {
                 })
                 .and_then(|()| self.store.replace_samples(name, SampleList::Seen, &seen));
             match written {
-                Ok(()) => rt.reviews.dirty = false,
-                Err(e) => tracing::warn!(route = %name, error = %e, "review samples not saved"),
+                Ok(()) => {
+                    rt.reviews.dirty = false;
+                    if self.durability.succeeded() == Turn::Recovered {
+                        turn = Turn::Recovered;
+                    }
+                }
+                Err(e) => {
+                    let now = self.durability.failed(e.to_string());
+                    self.metrics
+                        .store_error("samples", &e, now == Turn::Failing);
+                    if now == Turn::Failing {
+                        turn = now;
+                    }
+                }
             }
         }
+        self.store_turned(turn);
     }
 
     /// Builds every route from its history and settings and swaps the snapshot in.
@@ -576,17 +733,24 @@ impl Controller {
             rt.judge.figures(),
             rt.judge.error_rate(),
             scorers,
+            self.durability.status(Some(name)),
         );
         if !detail {
             return Some(view);
         }
-        let events = match self.store.events(name, EVENTS_SHOWN) {
+        let mut events = match self.store.events(name, EVENTS_SHOWN) {
             Ok(events) => events,
             Err(e) => {
-                tracing::warn!(route = name, error = %e, "events not read from the store");
+                self.metrics.store_error("read", &e, false);
                 Vec::new()
             }
         };
+        // Changes in effect but not yet written are history too (the newest).
+        events.extend(
+            self.durability
+                .pending_of(name)
+                .flat_map(|t| t.events.iter().cloned()),
+        );
         Some(view.with_detail(&rt.history, &events))
     }
 }

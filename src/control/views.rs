@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::durability::StoreStatus;
 use super::judge::ScorerQuality;
 use super::lifecycle::RouteHistory;
 use super::store::{EventRecord, ReleaseRecord};
@@ -30,6 +31,12 @@ pub struct RouteView {
     pub error_rate: f64,
     /// Each scorer's own quality, once it can be judged.
     pub scorers: Vec<ScorerView>,
+    /// The store's health; `pending` counts this route's changes in effect but not yet durable.
+    pub store: StoreStatus,
+    /// In the answer to a change: whether it is durable already (false: in effect, and written
+    /// as soon as the store can take it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable: Option<bool>,
     /// Every release, oldest first (detail only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub releases: Option<Vec<ReleaseView>>,
@@ -46,6 +53,7 @@ impl RouteView {
         judge: JudgeFigures,
         error_rate: f64,
         scorers: Vec<ScorerView>,
+        store: StoreStatus,
     ) -> Self {
         let view = |v: u32| h.release(v).map(|r| ReleaseView::new(r, h.state_of(r)));
         RouteView {
@@ -61,6 +69,8 @@ impl RouteView {
             samples: judge.samples,
             error_rate,
             scorers,
+            store,
+            durable: None,
             releases: None,
             events: None,
         }
@@ -178,6 +188,8 @@ impl From<&EventRecord> for EventView {
 pub struct AlertOutcome {
     pub route: String,
     pub outcome: AlertEffect,
+    /// False while a rollback of the route is in effect but not yet written to the store.
+    pub durable: bool,
 }
 
 /// The effect of one firing alert.

@@ -1094,7 +1094,7 @@ fn garbage_never_panics() {
     for round in 0..400 {
         let case = &fixtures[round % fixtures.len()];
         let mut bytes = case.body.as_bytes().to_vec();
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             let len = (next() % 2000) as usize;
             bytes = (0..len).map(|_| next() as u8).collect();
         } else {

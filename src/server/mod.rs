@@ -23,7 +23,7 @@ use workers::{log_end, Handoff, Workers};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::control::{Controller, SqliteStore};
+use crate::control::{Controller, SqliteStore, Store};
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
@@ -76,12 +76,27 @@ pub fn upstreams(
         .collect()
 }
 
-/// Runs the server until `shutdown` resolves, then shuts down in order.
+/// Runs the server on the store of `config.store` until `shutdown` resolves, then shuts down in
+/// order. A store another server holds (one writer per file) is refused before anything starts.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     secret: impl Fn(&str) -> Option<String>,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let store =
+        SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?;
+    run_with_store(config, listeners, secret, shutdown, Box::new(store)).await
+}
+
+/// [`run`] on an already opened store (`config.store` is not opened): the seam for another
+/// backend, and for tests that inject store faults.
+pub async fn run_with_store(
+    config: Config,
+    listeners: Listeners,
+    secret: impl Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()>,
+    store: Box<dyn Store>,
 ) -> Result<(), ServerError> {
     let token = secret(&config.admin.token_env).filter(|t| !t.is_empty());
     if token.is_none() {
@@ -102,17 +117,16 @@ pub async fn run(
         })?;
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServerError::Setup(format!("metrics: {e}")))?);
-    let store =
-        SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?;
     let controller = Controller::start(
         &config,
-        Box::new(store),
+        store,
         upstreams,
         default_upstream,
         Arc::clone(&metrics),
     )
     .map_err(|e| ServerError::Setup(e.to_string()))?;
     let state = controller.state();
+    let store_status = controller.store_status();
     let mirrors = TaskTracker::new();
     let stop = CancellationToken::new();
 
@@ -167,6 +181,7 @@ pub async fn run(
     let admin = Arc::new(Admin {
         metrics,
         control: control_tx,
+        store: store_status,
         token,
     });
 

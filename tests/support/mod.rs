@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use understudy::store::Store;
 use understudy::Config;
-use understudy::{run, Listeners};
+use understudy::{run, run_with_store, Listeners};
 use understudy_sim::{Behavior, SimUpstream};
 
 pub const TOKEN: &str = "test-admin-token";
@@ -219,6 +220,15 @@ impl Server {
     }
 
     pub async fn start_config(config: Config, secrets: &[(&str, &str)]) -> Server {
+        Self::start_config_with_store(config, secrets, None).await
+    }
+
+    /// Starts the server on `store` (`run_with_store`) instead of opening `config.store`.
+    pub async fn start_config_with_store(
+        config: Config,
+        secrets: &[(&str, &str)],
+        store: Option<Box<dyn Store>>,
+    ) -> Server {
         let listeners = Listeners {
             proxy: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -231,14 +241,14 @@ impl Server {
             .collect();
         secrets.push(("UNDERSTUDY_ADMIN_TOKEN".into(), TOKEN.into()));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(
-            config,
-            listeners,
-            move |k| secrets.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let secret = move |k: &str| secrets.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let shutdown = async {
+            let _ = rx.await;
+        };
+        let task = match store {
+            None => tokio::spawn(run(config, listeners, secret, shutdown)),
+            Some(store) => tokio::spawn(run_with_store(config, listeners, secret, shutdown, store)),
+        };
         Server {
             proxy,
             admin,

@@ -221,6 +221,32 @@ pub enum StoreError {
     /// A stored row cannot be decoded, or a change names a release that does not exist.
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
+    /// The store file was removed or replaced by another file while open: writing on would go
+    /// into a file nobody reads again.
+    #[error("store {path}: the file was {what} while in use; changes are kept in memory until it is back (or the server restarts)")]
+    Moved {
+        /// The store file.
+        path: PathBuf,
+        /// "removed" or "replaced by another file".
+        what: &'static str,
+    },
+    /// Another server holds the store's lock: one writer per store file.
+    #[error("store {path} is in use by another understudy server (it holds the lock {lock}); one server per store file: stop the other one, or give this one its own [store] path")]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+        /// The lock file beside it.
+        lock: PathBuf,
+    },
+    /// An I/O error outside SQLite (the lock file, the store file's identity), or a write that
+    /// failed for a reason of the disk.
+    #[error("store {path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What the OS reported.
+        source: std::io::Error,
+    },
     /// The store file's directory could not be created.
     #[error("store: cannot create directory {path}: {source}")]
     Dir {
@@ -231,8 +257,16 @@ pub enum StoreError {
     },
 }
 
-/// The narrow interface the controller uses.
+/// The narrow interface the controller uses. A failed write changes nothing and may be retried;
+/// the controller keeps what it could not write (see `control/durability.rs`), so a backend
+/// only reports, it never queues.
 pub trait Store: Send {
+    /// Cheap, no write: is the store still the one opened (its file not removed or replaced,
+    /// its server reachable)? Called by the controller's timer while everything is fine.
+    fn check(&self) -> Result<(), StoreError>;
+    /// A durable write that changes nothing, to learn whether a failing store can be written
+    /// again. Called by the controller's timer while the store is failing with nothing queued.
+    fn probe(&mut self) -> Result<(), StoreError>;
     /// Every route's state and every release.
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Applies the whole transition durably, or nothing of it.

@@ -1,8 +1,16 @@
 //! The SQLite backend of [`Store`]: one file, one connection owned by the controller thread, WAL
 //! with `synchronous = FULL`, the schema version in `PRAGMA user_version`. Names (phases, event
 //! kinds, triggers) are stored as their one spelling and read back through `FromStr`.
+//!
+//! One writer per file: `open` takes an exclusive advisory lock on `FILE.lock` beside the
+//! database and holds it for the store's life, so a second server (another process, or another
+//! `run` in this one) on the same file refuses to start instead of overwriting the first one's
+//! changes. Every write first checks that the path still names the file that was opened (device
+//! and inode): a store whose file was removed or replaced reports it instead of writing into a
+//! file nobody will read again.
 
-use std::path::Path;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
@@ -97,7 +105,63 @@ const SELECT_SAMPLES: &str =
 
 /// The SQLite implementation of [`Store`]: one connection, owned by the controller thread.
 pub struct SqliteStore {
+    /// Declared before `_lock`, so the connection is closed before the lock is released.
     conn: Connection,
+    /// The database file, as given to `open`.
+    path: PathBuf,
+    /// Device and inode of the file that was opened, to notice it being removed or replaced.
+    identity: Option<FileId>,
+    /// The open lock file, holding the exclusive advisory lock that keeps other servers off
+    /// this store; released when the store is dropped (or the process dies, even by SIGKILL).
+    _lock: File,
+}
+
+/// A file's identity: (device, inode).
+type FileId = (u64, u64);
+
+/// `path` + `.lock`: the lock file beside the database.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    PathBuf::from(lock)
+}
+
+/// The identity of the file at `path`, or None where the platform has no inodes.
+fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Some((meta.dev(), meta.ino())))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Ok(None)
+    }
+}
+
+/// Takes the store's exclusive lock, or says who has it.
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let lock = lock_path(path);
+    let io = |source| StoreError::Io {
+        path: lock.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_path_buf(),
+            lock,
+        }),
+        Err(TryLockError::Error(source)) => Err(io(source)),
+    }
 }
 
 impl SqliteStore {
@@ -111,6 +175,7 @@ impl SqliteStore {
                 source,
             })?;
         }
+        let lock = lock(path)?;
         let open_error = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -118,7 +183,21 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(open_error)?;
         configure(&conn).map_err(open_error)?;
         migrate(&mut conn).map_err(open_error)?;
-        Ok(SqliteStore { conn })
+        let identity = file_id(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            identity,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -165,6 +244,38 @@ fn open_failure(message: String) -> rusqlite::Error {
 }
 
 impl Store for SqliteStore {
+    fn check(&self) -> Result<(), StoreError> {
+        let Some(opened) = self.identity else {
+            return Ok(());
+        };
+        let moved = |what| StoreError::Moved {
+            path: self.path.clone(),
+            what,
+        };
+        match file_id(&self.path) {
+            Ok(now) if now == Some(opened) => Ok(()),
+            Ok(_) => Err(moved("replaced by another file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(moved("removed")),
+            Err(source) => Err(StoreError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.check()?;
+        // Rewriting the schema version with its own value changes nothing, yet is a durable
+        // write: the header page goes through the WAL and its fsync like any commit.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn load(&self) -> Result<Loaded, StoreError> {
         let mut routes = Vec::new();
         let mut stmt = self.conn.prepare_cached(SELECT_ROUTES)?;
@@ -191,6 +302,7 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self, t: &Transition) -> Result<(), StoreError> {
+        self.check()?;
         // Dropping `tx` on any error below rolls the whole transition back.
         let tx = self
             .conn
@@ -278,6 +390,7 @@ impl Store for SqliteStore {
         list: SampleList,
         samples: &[String],
     ) -> Result<(), StoreError> {
+        self.check()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -578,3 +578,62 @@ fn acknowledged_commits_survive_sigkill() {
         assert_eq!(store.events("r", usize::MAX).unwrap().len(), versions.len());
     }
 }
+
+#[test]
+fn one_writer_per_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("understudy.db");
+    let first = SqliteStore::open(&path).unwrap();
+    // A second opener (as a second server in this process; flock conflicts between open files
+    // as between processes) is refused, naming the file.
+    let err = SqliteStore::open(&path).err();
+    let Some(StoreError::Locked { path: p, lock }) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((p, lock), (&path, &dir.path().join("understudy.db.lock")));
+    let message = err.as_ref().unwrap().to_string();
+    assert!(
+        message.contains(&path.display().to_string()) && message.contains("in use"),
+        "{message}"
+    );
+    // Released with the store.
+    drop(first);
+    let mut again = SqliteStore::open(&path).unwrap();
+    again.commit(&base()).unwrap();
+}
+
+#[test]
+fn a_removed_or_replaced_file_is_noticed_before_any_write() {
+    let (dir, mut store) = open_temp();
+    let path = dir.path().join("understudy.db");
+    store.check().unwrap();
+    store.probe().unwrap();
+    store.commit(&base()).unwrap();
+    let moved = dir.path().join("moved.db");
+    std::fs::rename(&path, &moved).unwrap();
+    let said = |r: Result<(), StoreError>| match r {
+        Err(StoreError::Moved { what, .. }) => what,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(said(store.check()), "removed");
+    assert_eq!(said(store.probe()), "removed");
+    assert_eq!(
+        said(store.replace_samples("bot", SampleList::Worst, &[])),
+        "removed"
+    );
+    let mut later = base();
+    later.new_releases.clear();
+    later.route = Some(route_state("bot", 1, None));
+    assert_eq!(said(store.commit(&later)), "removed");
+    // Another file at the path is not ours either.
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(said(store.check()), "replaced by another file");
+    // Our file back in place: writable again, and nothing was written meanwhile.
+    std::fs::rename(&moved, &path).unwrap();
+    store.check().unwrap();
+    assert_eq!(
+        store.load().unwrap().routes,
+        base().route.into_iter().collect::<Vec<_>>()
+    );
+    store.commit(&later).unwrap();
+}
