@@ -66,6 +66,16 @@ impl RouteView {
         }
     }
 
+    /// Without the releases' definitions (system prompts and parameters): what the admin API
+    /// shows a caller without the admin token.
+    pub fn redacted(mut self) -> Self {
+        let releases = self.stable.iter_mut().chain(self.candidate.iter_mut());
+        for r in releases.chain(self.releases.iter_mut().flatten()) {
+            r.definition = None;
+        }
+        self
+    }
+
     /// With every release and the given events.
     pub fn with_detail(mut self, h: &RouteHistory, events: &[EventRecord]) -> Self {
         self.releases = Some(
@@ -106,8 +116,9 @@ pub struct ReleaseView {
     pub label: Option<String>,
     pub upstream: String,
     pub model: String,
-    pub system_prompt: Option<String>,
-    pub params: Map<String, Value>,
+    /// The system prompt and parameters; left out of the JSON when redacted (no admin token).
+    #[serde(flatten)]
+    pub definition: Option<DefinitionView>,
     /// RFC 3339.
     pub created_at: String,
     pub state: ReleaseState,
@@ -122,8 +133,10 @@ impl ReleaseView {
             label: r.label.clone(),
             upstream: r.upstream.clone(),
             model: r.model.clone(),
-            system_prompt: r.system_prompt.clone(),
-            params: r.params.clone(),
+            definition: Some(DefinitionView {
+                system_prompt: r.system_prompt.clone(),
+                params: r.params.clone(),
+            }),
             created_at: rfc3339(r.created_at_ms),
             state,
             rolled_back: r.rolled_back.as_ref().map(|rb| RolledBackView {
@@ -133,6 +146,14 @@ impl ReleaseView {
             }),
         }
     }
+}
+
+/// What a release sends beyond its model: shown only with the admin token (prompts are often
+/// the product's own work, and may hold more than their authors meant to publish).
+#[derive(Debug, Clone, Serialize)]
+pub struct DefinitionView {
+    pub system_prompt: Option<String>,
+    pub params: Map<String, Value>,
 }
 
 /// When and why a release was rolled back.
