@@ -468,3 +468,73 @@ fn unavailable() -> Response<Body> {
         None,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn promote_share(body: Value) -> Result<Option<f64>, String> {
+        match parse_change("promote", body) {
+            Ok(Change::Promote { share, .. }) => Ok(share),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(format!("{} {e}", e.status().as_u16())),
+        }
+    }
+
+    #[test]
+    fn shares_absent_kept_present_checked() {
+        assert_eq!(promote_share(json!({"phase": "canary"})), Ok(None));
+        assert_eq!(
+            promote_share(json!({"phase": "canary", "share": 0.25})),
+            Ok(Some(0.25))
+        );
+        assert_eq!(
+            promote_share(json!({"phase": "canary", "share": 1})),
+            Ok(Some(1.0))
+        );
+        for (share, said) in [
+            (
+                json!(null),
+                "400 share must be a number between 0 and 1, got null",
+            ),
+            (
+                json!("0.5"),
+                "400 share must be a number between 0 and 1, got a string",
+            ),
+            (json!(-1), "400 share must be between 0 and 1, got -1"),
+            (json!(2.5), "400 share must be between 0 and 1, got 2.5"),
+        ] {
+            let body = json!({"phase": "canary", "share": share});
+            assert_eq!(promote_share(body).err().as_deref(), Some(said));
+        }
+    }
+
+    #[test]
+    fn rollback_reasons_are_cut() {
+        let body = json!({"reason": "r".repeat(MAX_REASON_BYTES * 100)});
+        let Ok(Change::Rollback { reason, .. }) = parse_change("rollback", body) else {
+            panic!("refused");
+        };
+        assert_eq!(reason.len(), MAX_REASON_BYTES);
+        let Ok(Change::Rollback { reason, .. }) = parse_change("rollback", Value::Null) else {
+            panic!("refused");
+        };
+        assert_eq!(reason, "manual rollback");
+    }
+
+    #[test]
+    fn errors_know_their_status() {
+        let cases = [
+            (ApiError::TooLarge { limit: 10 }, 413, "request_too_large"),
+            (ApiError::bad("x".into()), 400, "invalid_request"),
+            (ApiError::NoEndpoint, 404, "not_found"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e}");
+        }
+        assert!(matches!(
+            parse_change("nope", Value::Null),
+            Err(ApiError::NoEndpoint)
+        ));
+    }
+}

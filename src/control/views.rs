@@ -222,3 +222,67 @@ pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redacted_release_shows_no_prompt_or_params() {
+        let release = ReleaseView {
+            version: 2,
+            label: Some("v2".into()),
+            upstream: "openai".into(),
+            model: "m-1".into(),
+            definition: Some(DefinitionView {
+                system_prompt: Some("secret".into()),
+                params: serde_json::json!({"temperature": 0.2})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            }),
+            created_at: rfc3339(0),
+            state: ReleaseState::Candidate,
+            rolled_back: None,
+        };
+        let full = serde_json::to_value(&release).unwrap_or_default();
+        assert_eq!(full["system_prompt"], "secret");
+        assert_eq!(full["params"]["temperature"], 0.2);
+        let route = RouteView {
+            name: "bot".into(),
+            model: "bot".into(),
+            phase: Phase::Shadow,
+            share: 0.1,
+            serving: 1,
+            stable: None,
+            candidate: Some(release.clone()),
+            quality: None,
+            noise_floor: None,
+            samples: 0,
+            error_rate: 0.0,
+            scorers: Vec::new(),
+            releases: Some(vec![release]),
+            events: None,
+        }
+        .redacted();
+        let v = serde_json::to_value(&route).unwrap_or_default();
+        for r in [&v["candidate"], &v["releases"][0]] {
+            let keys: Vec<&str> = r
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            assert_eq!(
+                keys,
+                [
+                    "created_at",
+                    "label",
+                    "model",
+                    "state",
+                    "upstream",
+                    "version"
+                ],
+                "{v}"
+            );
+        }
+    }
+}

@@ -104,9 +104,9 @@ mod tests {
         assert_eq!(cut("exactly10!", 10), "exactly10!");
         assert_eq!(cut("0123456789ab", 10), "0123456…");
         // Never in the middle of a character: 'é' is 2 bytes.
-        let cut = cut(&"é".repeat(10), 10);
-        assert_eq!(cut, "ééé…");
-        assert!(cut.len() <= 10);
+        let accents = cut(&"é".repeat(10), 10);
+        assert_eq!(accents, "ééé…");
+        assert!(accents.len() <= 10);
         let big = cut(&"y".repeat(300_000), MAX_REASON_BYTES);
         assert_eq!(big.len(), MAX_REASON_BYTES);
         assert!(big.ends_with('…'));

@@ -452,3 +452,35 @@ async fn read_body(
         Err(e) => Err(ProxyError::ClientBody(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cancelled(metrics: &Metrics) -> u64 {
+        metrics
+            .requests
+            .with_label_values(&[UNROUTED, NO_RELEASE, "cancelled"])
+            .get()
+    }
+
+    #[test]
+    fn a_request_dropped_unrecorded_counts_as_cancelled_once() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let req = Request::post("/v1/chat/completions").body(()).unwrap();
+        drop(Ctx::new(&req, &metrics));
+        assert_eq!(cancelled(&metrics), 1);
+        // Recorded elsewhere (an error answered, or the body took it over): not again.
+        let mut ctx = Ctx::new(&req, &metrics);
+        ctx.recorded = true;
+        drop(ctx);
+        assert_eq!(cancelled(&metrics), 1);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"understudy_request_duration_seconds_count{release="none",route="_unrouted"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}
