@@ -1,7 +1,13 @@
 //! The admin listener: `/metrics`, health, the route API of the contract and the Alertmanager
 //! webhook. Reads and changes both go to the controller, which commits every change to the
 //! store before it answers. Mutating calls (and the review samples, which hold user prompts)
-//! need the bearer token, compared in constant time.
+//! need the bearer token, compared in constant time; route reads without it leave out the
+//! releases' system prompts and parameters.
+//!
+//! Every input is checked here, at the edge, with the checks the configuration file uses
+//! (`crate::domain`): a body over [`MAX_ADMIN_BODY`] is a 413, a share that is not a number in
+//! [0, 1] (or an explicit `null`) a 400, a release through [`ReleaseSpec::problems`] in the
+//! controller; a rollback's reason is cut to [`MAX_REASON_BYTES`].
 //!
 //! While the store is failing, this listener's `/readyz` answers 503 with the reason (the
 //! proxy listener's stays 200: it serves correctly from memory, and a probe failing there would
@@ -24,9 +30,11 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::{
-    AlertEffect, Change, ChangeError, Command, Refused, SampleOrder, StoreStatus,
+    AlertEffect, Change, ChangeError, Command, Refused, RouteView, SampleOrder, StoreStatus,
 };
-use crate::domain::{full, Body, Phase, Prices, ReleaseSpec, Trigger};
+use crate::domain::{
+    cut, full, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger, MAX_REASON_BYTES,
+};
 use crate::metrics::Metrics;
 use crate::proxy::{error_response, text_response};
 
@@ -35,8 +43,10 @@ mod client;
 
 pub use client::AdminClient;
 
-/// Largest admin request body.
+/// Largest admin request body; a larger one is answered 413.
 const MAX_ADMIN_BODY: usize = 1 << 20;
+/// Most review samples one `GET .../samples` lists, whatever `limit` asks for.
+const MAX_SAMPLES_LISTED: usize = 200;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -63,11 +73,14 @@ impl Admin {
             .collect();
         let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let method = req.method().clone();
+        let authorized = self.authorized(&req);
         let mutating =
             method == Method::POST || matches!(segments.as_slice(), [_, _, _, "samples"]);
-        if mutating && !self.authorized(&req) {
+        if mutating && !authorized {
             return Ok(unauthorized());
         }
+        // Without the token, releases are shown without their prompts and parameters.
+        let shown = |view: RouteView| if authorized { view } else { view.redacted() };
         let resp = match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => {
                 let mut r = Response::new(full(self.metrics.render()));
@@ -82,7 +95,10 @@ impl Admin {
             (&Method::GET, ["admin", "routes"]) => {
                 let (reply, rx) = oneshot::channel();
                 match self.ask(Command::Routes { reply }, rx).await {
-                    Some(routes) => json_response(StatusCode::OK, &json!({ "routes": routes })),
+                    Some(routes) => {
+                        let routes: Vec<RouteView> = routes.into_iter().map(shown).collect();
+                        json_response(StatusCode::OK, &json!({ "routes": routes }))
+                    }
                     None => unavailable(),
                 }
             }
@@ -98,7 +114,7 @@ impl Admin {
                     )
                     .await
                 {
-                    Some(Some(v)) => json_response(StatusCode::OK, &v),
+                    Some(Some(v)) => json_response(StatusCode::OK, &shown(v)),
                     Some(None) => not_found(name),
                     None => unavailable(),
                 }
@@ -226,7 +242,7 @@ impl Admin {
         };
         let limit = match param("limit").map(|l| l.parse::<usize>()) {
             None => 20,
-            Some(Ok(n)) => n,
+            Some(Ok(n)) => n.min(MAX_SAMPLES_LISTED),
             Some(Err(_)) => return bad_request("limit must be a whole number"),
         };
         let (reply, rx) = oneshot::channel();
@@ -247,12 +263,21 @@ impl Admin {
     }
 
     /// Alertmanager's webhook (payload version 4): each firing alert labelled with
-    /// `understudy_route` rolls that route's candidate back.
+    /// `understudy_route` rolls that route's candidate back. The valid alerts of a batch are
+    /// applied and the invalid ones listed under `invalid`; a batch with nothing but invalid
+    /// alerts is a 400, so the sender sees that nothing was applied.
     async fn alertmanager(&self, body: Value) -> Response<Body> {
-        let alerts = match alertmanager::firing(body) {
-            Ok(alerts) => alerts,
+        let alertmanager::Batch { alerts, invalid } = match alertmanager::firing(body) {
+            Ok(batch) => batch,
             Err(message) => return bad_request(&message),
         };
+        for bad in &invalid {
+            tracing::warn!(index = bad.index, route = bad.route, error = %bad.error, "invalid alert ignored");
+        }
+        if alerts.is_empty() && !invalid.is_empty() {
+            let said: Vec<String> = invalid.iter().map(ToString::to_string).collect();
+            return bad_request(&format!("no valid alert: {}", said.join("; ")));
+        }
         let (reply, rx) = oneshot::channel();
         match self.ask(Command::Alerts { alerts, reply }, rx).await {
             Some(outcomes) => {
@@ -262,12 +287,16 @@ impl Admin {
                     .iter()
                     .all(|o| o.durable && o.outcome != AlertEffect::Failed);
                 if durable {
-                    json_response(StatusCode::OK, &json!({ "alerts": outcomes }))
+                    json_response(
+                        StatusCode::OK,
+                        &json!({ "alerts": outcomes, "invalid": invalid }),
+                    )
                 } else {
                     json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &json!({
                             "alerts": outcomes,
+                            "invalid": invalid,
                             "error": {
                                 "message": "rollback in effect but not yet durable: the store is failing; retry",
                                 "type": "store_unavailable",
@@ -305,7 +334,15 @@ struct PricesBody {
 #[serde(deny_unknown_fields)]
 struct PromoteBody {
     phase: String,
-    share: Option<f64>,
+    /// Absent: the share is kept. Present, it must be a number in [0, 1]: an explicit `null`
+    /// (which is what a NaN or an infinity becomes in JSON) is refused, never read as "keep".
+    #[serde(default, deserialize_with = "present")]
+    share: Option<Value>,
+}
+
+/// A field that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, Default)]
@@ -316,26 +353,39 @@ struct RollbackBody {
 }
 
 /// A refused admin request, before it reaches the controller.
-struct ApiError {
-    status: StatusCode,
-    message: String,
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such admin endpoint")]
+    NoEndpoint,
 }
 
 impl ApiError {
     fn bad(message: String) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message,
+        ApiError::Invalid(message)
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::NoEndpoint => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::TooLarge { .. } => "request_too_large",
+            ApiError::Invalid(_) => "invalid_request",
+            ApiError::NoEndpoint => "not_found",
         }
     }
 
     fn into_response(self) -> Response<Body> {
-        let code = if self.status == StatusCode::NOT_FOUND {
-            "not_found"
-        } else {
-            "invalid_request"
-        };
-        error_response(self.status, code, &self.message, None)
+        error_response(self.status(), self.code(), &self.to_string(), None)
     }
 }
 
@@ -366,10 +416,11 @@ fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
                     b.phase
                 ))
             })?;
-            Ok(Change::Promote {
-                phase,
-                share: b.share,
-            })
+            let share = match &b.share {
+                None => None,
+                Some(v) => Some(share_value(v).map_err(|p| ApiError::bad(format!("share {p}")))?),
+            };
+            Ok(Change::Promote { phase, share })
         }
         "rollback" => {
             let b: RollbackBody = if body.is_null() {
@@ -377,7 +428,9 @@ fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
             } else {
                 serde_json::from_value(body).map_err(invalid)?
             };
-            let reason = b.reason.unwrap_or_else(|| "manual rollback".into());
+            let reason = b
+                .reason
+                .map_or_else(|| "manual rollback".into(), |r| cut(&r, MAX_REASON_BYTES));
             Ok(Change::Rollback {
                 to: b.to,
                 trigger: Trigger::Manual,
@@ -385,20 +438,46 @@ fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
             })
         }
         "finalize" => Ok(Change::Finalize),
-        _ => Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: "no such admin endpoint".into(),
-        }),
+        _ => Err(ApiError::NoEndpoint),
     }
 }
 
-/// The request's JSON body (null when empty), or a 400.
+/// A share given in JSON: a number in [0, 1], or why not.
+fn share_value(v: &Value) -> Result<f64, String> {
+    let kind = match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(s) => return share_problem(s).map_or(Ok(s), Err),
+            None => "a number out of range",
+        },
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    Err(format!("must be a number between 0 and 1, got {kind}"))
+}
+
+/// The request's JSON body (null when empty); a 413 over [`MAX_ADMIN_BODY`] (refused from its
+/// declared length before reading, when it has one), a 400 when it is not JSON.
 async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let too_large = ApiError::TooLarge {
+        limit: MAX_ADMIN_BODY,
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return Err(too_large);
+    }
     let bytes: Bytes = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
     {
         Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large),
         Err(e) => return Err(ApiError::bad(format!("could not read the body: {e}"))),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -451,4 +530,74 @@ fn unavailable() -> Response<Body> {
         "controller is not running",
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn promote_share(body: Value) -> Result<Option<f64>, String> {
+        match parse_change("promote", body) {
+            Ok(Change::Promote { share, .. }) => Ok(share),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(format!("{} {e}", e.status().as_u16())),
+        }
+    }
+
+    #[test]
+    fn shares_absent_kept_present_checked() {
+        assert_eq!(promote_share(json!({"phase": "canary"})), Ok(None));
+        assert_eq!(
+            promote_share(json!({"phase": "canary", "share": 0.25})),
+            Ok(Some(0.25))
+        );
+        assert_eq!(
+            promote_share(json!({"phase": "canary", "share": 1})),
+            Ok(Some(1.0))
+        );
+        for (share, said) in [
+            (
+                json!(null),
+                "400 share must be a number between 0 and 1, got null",
+            ),
+            (
+                json!("0.5"),
+                "400 share must be a number between 0 and 1, got a string",
+            ),
+            (json!(-1), "400 share must be between 0 and 1, got -1"),
+            (json!(2.5), "400 share must be between 0 and 1, got 2.5"),
+        ] {
+            let body = json!({"phase": "canary", "share": share});
+            assert_eq!(promote_share(body).err().as_deref(), Some(said));
+        }
+    }
+
+    #[test]
+    fn rollback_reasons_are_cut() {
+        let body = json!({"reason": "r".repeat(MAX_REASON_BYTES * 100)});
+        let Ok(Change::Rollback { reason, .. }) = parse_change("rollback", body) else {
+            panic!("refused");
+        };
+        assert_eq!(reason.len(), MAX_REASON_BYTES);
+        let Ok(Change::Rollback { reason, .. }) = parse_change("rollback", Value::Null) else {
+            panic!("refused");
+        };
+        assert_eq!(reason, "manual rollback");
+    }
+
+    #[test]
+    fn errors_know_their_status() {
+        let cases = [
+            (ApiError::TooLarge { limit: 10 }, 413, "request_too_large"),
+            (ApiError::bad("x".into()), 400, "invalid_request"),
+            (ApiError::NoEndpoint, 404, "not_found"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e}");
+        }
+        assert!(matches!(
+            parse_change("nope", Value::Null),
+            Err(ApiError::NoEndpoint)
+        ));
+    }
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::admin::AdminClient;
 use crate::config::Config;
+use crate::domain::{route_name_problem, share_problem};
 use crate::server::{run, Listeners};
 
 #[cfg(feature = "sim")]
@@ -193,8 +194,40 @@ pub enum AdminCall {
     },
 }
 
-/// Runs an admin command against `UNDERSTUDY_ADMIN_URL` with `UNDERSTUDY_ADMIN_TOKEN`.
+impl AdminCall {
+    /// The route the call is about, if one.
+    fn route(&self) -> Option<&str> {
+        match self {
+            AdminCall::Status { route, .. } => route.as_deref(),
+            AdminCall::History { route, .. }
+            | AdminCall::Promote { route, .. }
+            | AdminCall::Rollback { route, .. }
+            | AdminCall::Finalize { route } => Some(route),
+        }
+    }
+
+    /// Why the call cannot be made, if it cannot: the checks the configuration file and the
+    /// admin API make of the same values, before anything is sent.
+    fn problem(&self) -> Option<String> {
+        if let Some(problem) = self.route().and_then(route_name_problem) {
+            return Some(problem);
+        }
+        match self {
+            AdminCall::Promote {
+                share: Some(share), ..
+            } => share_problem(*share).map(|p| format!("--share {p}")),
+            _ => None,
+        }
+    }
+}
+
+/// Runs an admin command against `UNDERSTUDY_ADMIN_URL` with `UNDERSTUDY_ADMIN_TOKEN`. A call
+/// with an invalid value (an empty route name, a share that is not a number in [0, 1]) exits 1
+/// without calling the API.
 pub fn admin_command(call: AdminCall) -> ExitCode {
+    if let Some(problem) = call.problem() {
+        return exit_code(Err(problem));
+    }
     let base =
         std::env::var("UNDERSTUDY_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
     let token = std::env::var("UNDERSTUDY_ADMIN_TOKEN").ok();
@@ -408,6 +441,49 @@ fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_calls_are_refused_before_sending() {
+        let promote = |route: &str, share: Option<f64>| AdminCall::Promote {
+            route: route.into(),
+            phase: "canary".into(),
+            share,
+        };
+        let cases = [
+            (promote("bot", Some(0.3)), None),
+            (promote("bot", None), None),
+            (AdminCall::Status { route: None, json: false }, None),
+            (promote("bot", Some(f64::NAN)), Some("--share must be between 0 and 1, got NaN")),
+            (promote("bot", Some(f64::INFINITY)), Some("--share must be between 0 and 1, got inf")),
+            (promote("bot", Some(-1.0)), Some("--share must be between 0 and 1, got -1")),
+            (promote("bot", Some(2.0)), Some("--share must be between 0 and 1, got 2")),
+            (
+                AdminCall::Status { route: Some(String::new()), json: false },
+                Some("route name \"\" must be non-empty and use only letters, digits, '_', '.' and '-' (it becomes a metric label)"),
+            ),
+            (
+                AdminCall::Finalize { route: "a b".into() },
+                Some("route name \"a b\" must be non-empty and use only letters, digits, '_', '.' and '-' (it becomes a metric label)"),
+            ),
+        ];
+        for (call, expected) in cases {
+            assert_eq!(call.problem().as_deref(), expected);
+        }
+        for call in [
+            AdminCall::History {
+                route: String::new(),
+                json: true,
+            },
+            AdminCall::Rollback {
+                route: String::new(),
+                to: None,
+                reason: None,
+            },
+            promote("", Some(0.5)),
+        ] {
+            assert!(call.problem().is_some());
+        }
+    }
 
     #[test]
     fn status_shows_each_scorers_quality() {

@@ -5,7 +5,7 @@
 
 use super::store::{EventRecord, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, Transition};
 use crate::config::RouteConfig;
-use crate::domain::{EventKind, Phase, ReleaseSpec, ReleaseState, Trigger};
+use crate::domain::{share_problem, EventKind, Phase, ReleaseSpec, ReleaseState, Trigger};
 
 /// A route's state and every release it ever had (ordered by version).
 #[derive(Debug, Clone, PartialEq)]
@@ -132,12 +132,8 @@ pub fn promote(
             "phase must be shadow, canary or promoted (finalize makes a candidate stable)".into(),
         ));
     }
-    if let Some(s) = share {
-        if !(0.0..=1.0).contains(&s) || s.is_nan() {
-            return Err(Refused::Invalid(format!(
-                "share must be between 0 and 1, got {s}"
-            )));
-        }
+    if let Some(problem) = share.and_then(share_problem) {
+        return Err(Refused::Invalid(format!("share {problem}")));
     }
     let mut rec = h.record.clone();
     rec.phase = phase;

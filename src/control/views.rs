@@ -76,6 +76,16 @@ impl RouteView {
         }
     }
 
+    /// Without the releases' definitions (system prompts and parameters): what the admin API
+    /// shows a caller without the admin token.
+    pub fn redacted(mut self) -> Self {
+        let releases = self.stable.iter_mut().chain(self.candidate.iter_mut());
+        for r in releases.chain(self.releases.iter_mut().flatten()) {
+            r.definition = None;
+        }
+        self
+    }
+
     /// With every release and the given events.
     pub fn with_detail(mut self, h: &RouteHistory, events: &[EventRecord]) -> Self {
         self.releases = Some(
@@ -116,8 +126,9 @@ pub struct ReleaseView {
     pub label: Option<String>,
     pub upstream: String,
     pub model: String,
-    pub system_prompt: Option<String>,
-    pub params: Map<String, Value>,
+    /// The system prompt and parameters; left out of the JSON when redacted (no admin token).
+    #[serde(flatten)]
+    pub definition: Option<DefinitionView>,
     /// RFC 3339.
     pub created_at: String,
     pub state: ReleaseState,
@@ -132,8 +143,10 @@ impl ReleaseView {
             label: r.label.clone(),
             upstream: r.upstream.clone(),
             model: r.model.clone(),
-            system_prompt: r.system_prompt.clone(),
-            params: r.params.clone(),
+            definition: Some(DefinitionView {
+                system_prompt: r.system_prompt.clone(),
+                params: r.params.clone(),
+            }),
             created_at: rfc3339(r.created_at_ms),
             state,
             rolled_back: r.rolled_back.as_ref().map(|rb| RolledBackView {
@@ -143,6 +156,14 @@ impl ReleaseView {
             }),
         }
     }
+}
+
+/// What a release sends beyond its model: shown only with the admin token (prompts are often
+/// the product's own work, and may hold more than their authors meant to publish).
+#[derive(Debug, Clone, Serialize)]
+pub struct DefinitionView {
+    pub system_prompt: Option<String>,
+    pub params: Map<String, Value>,
 }
 
 /// When and why a release was rolled back.
@@ -212,4 +233,74 @@ pub enum AlertEffect {
 pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redacted_release_shows_no_prompt_or_params() {
+        let release = ReleaseView {
+            version: 2,
+            label: Some("v2".into()),
+            upstream: "openai".into(),
+            model: "m-1".into(),
+            definition: Some(DefinitionView {
+                system_prompt: Some("secret".into()),
+                params: serde_json::json!({"temperature": 0.2})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            }),
+            created_at: rfc3339(0),
+            state: ReleaseState::Candidate,
+            rolled_back: None,
+        };
+        let full = serde_json::to_value(&release).unwrap_or_default();
+        assert_eq!(full["system_prompt"], "secret");
+        assert_eq!(full["params"]["temperature"], 0.2);
+        let route = RouteView {
+            name: "bot".into(),
+            model: "bot".into(),
+            phase: Phase::Shadow,
+            share: 0.1,
+            serving: 1,
+            stable: None,
+            candidate: Some(release.clone()),
+            quality: None,
+            noise_floor: None,
+            samples: 0,
+            error_rate: 0.0,
+            scorers: Vec::new(),
+            store: super::super::durability::StoreStatus {
+                state: "ok",
+                reason: None,
+                pending: 0,
+            },
+            durable: None,
+            releases: Some(vec![release]),
+            events: None,
+        }
+        .redacted();
+        let v = serde_json::to_value(&route).unwrap_or_default();
+        for r in [&v["candidate"], &v["releases"][0]] {
+            let keys: Vec<&str> = r
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            assert_eq!(
+                keys,
+                [
+                    "created_at",
+                    "label",
+                    "model",
+                    "state",
+                    "upstream",
+                    "version"
+                ],
+                "{v}"
+            );
+        }
+    }
 }

@@ -13,6 +13,11 @@
 //!
 //! Anything that is not one of the four managed APIs is passed through to the default upstream
 //! as it is, streamed both ways (phases 1, 6 and 7 only).
+//!
+//! Every request is recorded once (`Metrics::request_finished`): by [`Proxy::fail`] when it
+//! ends in an error, by its [`RelayBody`] when a response was relayed, and otherwise by the
+//! [`Ctx`] when it is dropped: the client went away before the response head (the connection
+//! closed, so hyper dropped the request's future), recorded as `cancelled` with its duration.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,8 +74,13 @@ pub struct Proxy {
     pub limits: Limits,
 }
 
-/// What the phases learn about one request, carried from one to the next.
+/// What the phases learn about one request, carried from one to the next. Dropped before the
+/// request was recorded, it records it as cancelled.
 struct Ctx {
+    /// Where a request cancelled before its response head is recorded.
+    metrics: Arc<Metrics>,
+    /// Set once the request is recorded, or its recording handed to the response body.
+    recorded: bool,
     started: Instant,
     method: Method,
     path: String,
@@ -87,8 +97,10 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new<B>(req: &Request<B>) -> Self {
+    fn new<B>(req: &Request<B>, metrics: &Arc<Metrics>) -> Self {
         Ctx {
+            metrics: Arc::clone(metrics),
+            recorded: false,
             started: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
@@ -103,6 +115,44 @@ impl Ctx {
     fn route_label(&self) -> &str {
         self.route.as_ref().map_or(UNROUTED, |r| r.name.as_str())
     }
+
+    fn release_label(&self) -> &str {
+        self.release
+            .as_ref()
+            .map_or(NO_RELEASE, |r| r.version_label.as_str())
+    }
+}
+
+/// The status a request cancelled by its client is recorded with (nginx's "client closed
+/// request"); its metric label and log say `cancelled`.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        // Dropped unrecorded: the client went away before the response head.
+        let series = match (&self.route, &self.release) {
+            (Some(route), Some(release)) => Some(release.series(&self.metrics, &route.name)),
+            _ => None,
+        };
+        self.metrics.request_finished(&RequestRecord {
+            series,
+            route: self.route_label(),
+            release: self.release_label(),
+            method: &self.method,
+            path: &self.path,
+            status: CLIENT_CLOSED,
+            duration: self.started.elapsed(),
+            ttfb: None,
+            error_kind: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            prices: None,
+            cancelled: true,
+        });
+    }
 }
 
 impl Proxy {
@@ -111,15 +161,17 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        let mut ctx = Ctx::new(&req);
+        let mut ctx = Ctx::new(&req, &self.metrics);
         if let Some(resp) = request_filter(&mut ctx, &req) {
+            // Health checks are not client requests: not recorded.
+            ctx.recorded = true;
             return Ok(resp);
         }
         let result = match ctx.shape {
             Some(shape) => self.managed(&mut ctx, shape, req).await,
             None => self.passthrough(&mut ctx, req).await,
         };
-        Ok(result.unwrap_or_else(|err| self.fail(&ctx, err)))
+        Ok(result.unwrap_or_else(|err| self.fail(&mut ctx, err)))
     }
 
     /// A request of one of the four managed APIs: every phase.
@@ -295,6 +347,8 @@ impl Proxy {
             started: ctx.started,
             paired,
         };
+        // From here the response body records the request, once, when it ends.
+        ctx.recorded = true;
         let body = RelayBody::new(
             body,
             rewriter,
@@ -307,15 +361,13 @@ impl Proxy {
 
     /// A request that ends in an error before any upstream body: recorded, then answered in
     /// the client API's error shape.
-    fn fail(&self, ctx: &Ctx, err: ProxyError) -> Response<Body> {
+    fn fail(&self, ctx: &mut Ctx, err: ProxyError) -> Response<Body> {
         let status = err.status().as_u16();
+        ctx.recorded = true;
         self.metrics.request_finished(&RequestRecord {
             series: None,
             route: ctx.route_label(),
-            release: ctx
-                .release
-                .as_ref()
-                .map_or(NO_RELEASE, |r| r.version_label.as_str()),
+            release: ctx.release_label(),
             method: &ctx.method,
             path: &ctx.path,
             status,
@@ -398,5 +450,37 @@ async fn read_body(
             Err(ProxyError::BodyTooLarge { limit })
         }
         Err(e) => Err(ProxyError::ClientBody(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cancelled(metrics: &Metrics) -> u64 {
+        metrics
+            .requests
+            .with_label_values(&[UNROUTED, NO_RELEASE, "cancelled"])
+            .get()
+    }
+
+    #[test]
+    fn a_request_dropped_unrecorded_counts_as_cancelled_once() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let req = Request::post("/v1/chat/completions").body(()).unwrap();
+        drop(Ctx::new(&req, &metrics));
+        assert_eq!(cancelled(&metrics), 1);
+        // Recorded elsewhere (an error answered, or the body took it over): not again.
+        let mut ctx = Ctx::new(&req, &metrics);
+        ctx.recorded = true;
+        drop(ctx);
+        assert_eq!(cancelled(&metrics), 1);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"understudy_request_duration_seconds_count{release="none",route="_unrouted"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -11,6 +11,9 @@ pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-understudy-route
 /// Marks requests the proxy mirrored, so upstream logs can tell them apart.
 pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-understudy-shadow");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The prefix of the proxy's own fields. A client's are never forwarded: upstreams (and their
+/// logs) must be able to trust them, e.g. `x-understudy-shadow` to tell mirrored traffic.
+const INTERNAL_PREFIX: &str = "x-understudy-";
 
 /// The fields that never cross a proxy (RFC 9110 section 7.6.1, plus the classic ones).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -63,14 +66,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers for a request to `upstream`: the client's, minus hop-by-hop fields and `Host`, with
-/// the upstream's own credential in place of the client's when one is configured. `managed`
+/// Removes every `x-understudy-*` field (the proxy's own, which clients may not set upstream).
+fn strip_internal(headers: &mut HeaderMap) {
+    // Names are lowercase; most requests carry none, and only then is anything allocated.
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    for name in &internal {
+        headers.remove(name);
+    }
+}
+
+/// Headers for a request to `upstream`: the client's, minus hop-by-hop fields, `Host` and every
+/// `x-understudy-*` field (the proxy sets its own afterwards), with the upstream's own credential in place of the client's when one is configured. `managed`
 /// requests (rewritten bodies) also lose `Content-Length` (set from the new body) and
 /// `Accept-Encoding` (the proxy reads the response to observe it).
 pub fn outbound_headers(mut headers: HeaderMap, upstream: &Upstream, managed: bool) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    headers.remove(ROUTE_HEADER);
+    strip_internal(&mut headers);
     if managed {
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::ACCEPT_ENCODING);
@@ -126,13 +142,17 @@ mod tests {
             ("authorization", "Bearer client"),
             ("x-user-id", "u1"),
             ("x-understudy-route", "bot"),
+            ("x-understudy-shadow", "1"),
+            ("x-understudy-release", "2"),
+            ("x-understudy-anything", "x"),
+            ("x-understudyish", "kept"),
             ("content-length", "10"),
             ("accept-encoding", "gzip"),
         ]);
         let out = outbound_headers(h.clone(), &upstream(ApiFlavor::OpenAi, None), true);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["authorization", "x-user-id"]);
+        assert_eq!(names, ["authorization", "x-understudyish", "x-user-id"]);
         assert_eq!(out["authorization"], "Bearer client");
 
         let out = outbound_headers(

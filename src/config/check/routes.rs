@@ -14,7 +14,7 @@ use crate::config::types::{
     Check, CheckRule, CheckTarget, JudgeConfig, RollbackConfig, RouteConfig, ScoringConfig,
     SemanticConfig, ShadowConfig, StickyKey, Weights,
 };
-use crate::domain::{Phase, ReleaseSpec};
+use crate::domain::{route_name_problem, share_problem, Phase, ReleaseSpec};
 use crate::score::{Pattern, Schema};
 
 const DEFAULT_SHARE: f64 = 0.05;
@@ -60,18 +60,9 @@ impl<'a> Checker<'a> {
     ) -> Option<RouteConfig> {
         let before = self.problems.len();
         let path = ["routes", name];
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            self.report(
-                &path,
-                format!(
-                    "route name {name:?} must be non-empty and use only letters, digits, '_', '.' \
-                     and '-' (it becomes a metric label)"
-                ),
-            );
+        // The one check of a route name, shared with the command line and the webhook.
+        if let Some(problem) = route_name_problem(name) {
+            self.report(&path, problem);
         }
         let top: Option<raw::Route> = self.section(value, &path);
         let table = value.get_ref().as_table()?;
@@ -133,7 +124,7 @@ impl<'a> Checker<'a> {
             &["routes", name, "share"],
             top.share,
             DEFAULT_SHARE,
-            |v| (0.0..=1.0).contains(&v),
+            |v| share_problem(v).is_none(),
             "must be between 0 and 1",
         );
         let sticky_key = top
