@@ -9,7 +9,7 @@ use crate::domain::{Phase, Prices, Trigger};
 
 use prometheus::{
     Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The scorers whose own quality is tracked (`understudy_scorer_quality{scorer}`).
@@ -50,6 +50,61 @@ pub struct Metrics {
     pub scorer_quality: GaugeVec,
     pub scorer_calls: IntCounterVec,
     pub check_failures: IntCounterVec,
+    pub proxy_connections: IntGauge,
+    pub connections_closed: IntCounterVec,
+    pub requests_rejected: IntCounterVec,
+}
+
+/// Why the proxy closed a client connection itself (`understudy_connections_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A request head was not complete within `header_read_timeout_secs` of its first byte.
+    HeaderTimeout,
+    /// No request in flight for `idle_timeout_secs`.
+    IdleTimeout,
+    /// Refused at accept: `max_connections` were open.
+    OverCapacity,
+    /// Still open when the shutdown grace period ran out.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::OverCapacity,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::OverCapacity => "over_capacity",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a request was answered by the proxy without reaching an upstream
+/// (`understudy_requests_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `max_concurrent_requests` were in flight: 503.
+    Overloaded,
+    /// The request body sent nothing for `body_timeout_secs`: 408.
+    BodyTimeout,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 2] = [RejectReason::Overloaded, RejectReason::BodyTimeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Overloaded => "overloaded",
+            RejectReason::BodyTimeout => "body_timeout",
+        }
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -85,8 +140,36 @@ impl Metrics {
             scorer_quality: register(r, GaugeVec::new(Opts::new("understudy_scorer_quality", "Each scorer's own rolling candidate score over its own noise floor (1 = as close to stable as stable is to itself)."), &["route", "scorer"])?)?,
             scorer_calls: register(r, IntCounterVec::new(Opts::new("understudy_scorer_calls_total", "Calls of the remote scorers (semantic, judge) by outcome (ok, skipped_budget, failed, unparseable); a failure drops the scorer for that sample, never fails the candidate."), &["route", "scorer", "outcome"])?)?,
             check_failures: register(r, IntCounterVec::new(Opts::new("understudy_check_failures_total", "Samples where the candidate failed one of the route's checks that stable passed (a hard failure)."), &["route", "check"])?)?,
+            proxy_connections: register(r, IntGauge::new("understudy_proxy_connections", "Client connections open on the proxy listener.")?)?,
+            connections_closed: register(r, IntCounterVec::new(Opts::new("understudy_connections_closed_total", "Client connections the proxy closed itself, by reason (header_timeout, idle_timeout, over_capacity, shutdown)."), &["reason"])?)?,
+            requests_rejected: register(r, IntCounterVec::new(Opts::new("understudy_requests_rejected_total", "Requests answered by the proxy itself before any upstream, by reason (overloaded: 503, body_timeout: 408)."), &["reason"])?)?,
             registry,
         })
+        .inspect(|m| {
+            // Every reason is a series from the start, so rates and alerts see zeros.
+            for reason in CloseReason::ALL {
+                m.connections_closed.with_label_values(&[reason.as_str()]);
+            }
+            for reason in RejectReason::ALL {
+                m.requests_rejected.with_label_values(&[reason.as_str()]);
+            }
+        })
+    }
+
+    /// The proxy closed a client connection itself.
+    pub fn connection_closed(&self, reason: CloseReason) {
+        tracing::debug!(reason = reason.as_str(), "closed a client connection");
+        self.connections_closed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A request answered by the proxy itself (503 overloaded, 408 body timeout).
+    pub fn request_rejected(&self, reason: RejectReason) {
+        tracing::debug!(reason = reason.as_str(), "request rejected");
+        self.requests_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The registry in Prometheus text format.
