@@ -53,6 +53,61 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub store_healthy: IntGauge,
     pub store_pending: IntGauge,
+    pub proxy_connections: IntGauge,
+    pub connections_closed: IntCounterVec,
+    pub requests_rejected: IntCounterVec,
+}
+
+/// Why the proxy closed a client connection itself (`understudy_connections_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A request head was not complete within `header_read_timeout_secs` of its first byte.
+    HeaderTimeout,
+    /// No request in flight for `idle_timeout_secs`.
+    IdleTimeout,
+    /// Refused at accept: `max_connections` were open.
+    OverCapacity,
+    /// Still open when the shutdown grace period ran out.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::OverCapacity,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::OverCapacity => "over_capacity",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a request was answered by the proxy without reaching an upstream
+/// (`understudy_requests_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `max_concurrent_requests` were in flight: 503.
+    Overloaded,
+    /// The request body sent nothing for `body_timeout_secs`: 408.
+    BodyTimeout,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 2] = [RejectReason::Overloaded, RejectReason::BodyTimeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Overloaded => "overloaded",
+            RejectReason::BodyTimeout => "body_timeout",
+        }
+    }
 }
 
 /// The store operations `understudy_store_errors_total{op}` counts.
@@ -94,14 +149,40 @@ impl Metrics {
             store_errors: register(r, IntCounterVec::new(Opts::new("understudy_store_errors_total", "Failed store operations, by op (commit: a change or a queued rollback; samples: review samples; probe: the retry timer's test write; check: the store file removed or replaced; read)."), &["op"])?)?,
             store_healthy: register(r, IntGauge::with_opts(Opts::new("understudy_store_healthy", "1 while the store takes writes and every change is durable; 0 while it is failing (rollbacks still take effect, in memory; other changes are refused)."))?)?,
             store_pending: register(r, IntGauge::with_opts(Opts::new("understudy_store_pending_changes", "Changes in effect (rollbacks) but not yet written to the store, retried every second."))?)?,
+            proxy_connections: register(r, IntGauge::new("understudy_proxy_connections", "Client connections open on the proxy listener.")?)?,
+            connections_closed: register(r, IntCounterVec::new(Opts::new("understudy_connections_closed_total", "Client connections the proxy closed itself, by reason (header_timeout, idle_timeout, over_capacity, shutdown)."), &["reason"])?)?,
+            requests_rejected: register(r, IntCounterVec::new(Opts::new("understudy_requests_rejected_total", "Requests answered by the proxy itself before any upstream, by reason (overloaded: 503, body_timeout: 408)."), &["reason"])?)?,
             registry,
         };
-        // Every op's series exists from the start, at 0, so the first error is an increase.
+        // Every op's and reason's series exists from the start, at 0, so the first error is an
+        // increase and rates and alerts see zeros.
         for op in STORE_OPS {
             m.store_errors.with_label_values(&[op]).inc_by(0);
         }
         m.store_healthy.set(1);
+        for reason in CloseReason::ALL {
+            m.connections_closed.with_label_values(&[reason.as_str()]);
+        }
+        for reason in RejectReason::ALL {
+            m.requests_rejected.with_label_values(&[reason.as_str()]);
+        }
         Ok(m)
+    }
+
+    /// The proxy closed a client connection itself.
+    pub fn connection_closed(&self, reason: CloseReason) {
+        tracing::debug!(reason = reason.as_str(), "closed a client connection");
+        self.connections_closed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A request answered by the proxy itself (503 overloaded, 408 body timeout).
+    pub fn request_rejected(&self, reason: RejectReason) {
+        tracing::debug!(reason = reason.as_str(), "request rejected");
+        self.requests_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The registry in Prometheus text format.

@@ -17,6 +17,11 @@ pub struct Server {
     pub connect_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub workers: Option<usize>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]

@@ -416,6 +416,16 @@ fn server_admin_store_rules() {
                 "line 4: server.shutdown_grace_secs: must be greater than 0, got 0",
             ],
         ),
+        (
+            "[server]\nheader_read_timeout_secs = 0\nidle_timeout_secs = 0\nbody_timeout_secs = 0",
+            &[
+                "line 2: server.header_read_timeout_secs: must be greater than 0, got 0",
+                "line 3: server.idle_timeout_secs: must be greater than 0, got 0",
+                "line 4: server.body_timeout_secs: must be greater than 0, got 0",
+            ],
+        ),
+        ("[server]\nmax_connections = 0", &["line 2: server.max_connections: must be between 1 and 1000000, got 0"]),
+        ("[server]\nmax_concurrent_requests = -1", &["line 2: server.max_concurrent_requests: invalid value: integer `-1`"]),
         ("[server]\nworkers = 0", &["line 2: server.workers: must be between 1 and 1024, got 0"]),
         ("[server]\nworkers = 2000", &["line 2: server.workers: must be between 1 and 1024, got 2000"]),
         ("[server]\nlisten = \"127.0.0.1:1\"\nport = 1", &["line 3: server.port: unknown field `port`"]),

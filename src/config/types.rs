@@ -26,6 +26,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `workers`: proxy worker threads; default (None) one per available core.
     pub workers: Option<usize>,
+    /// `header_read_timeout_secs`, default 10: from a request's first byte to its complete head.
+    pub header_read_timeout: Duration,
+    /// `idle_timeout_secs`, default 60: a proxy connection with no request in flight (and none
+    /// begun) for this long is closed.
+    pub idle_timeout: Duration,
+    /// `body_timeout_secs`, default 30: the longest wait for the next chunk of a request body.
+    pub body_timeout: Duration,
+    /// `max_connections`, default 4096: open proxy connections (lowered at start to fit the
+    /// file-descriptor limit).
+    pub max_connections: usize,
+    /// `max_concurrent_requests`, default 1024: proxied requests in flight, streamed answers
+    /// included, across all workers; past it a request is answered 503.
+    pub max_concurrent_requests: usize,
 }
 
 impl ServerConfig {
@@ -46,6 +59,11 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             workers: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_concurrent_requests: 1024,
         }
     }
 }

@@ -15,6 +15,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     ClientBody(String),
+    #[error("the request body sent nothing for {secs} s")]
+    BodyTimeout { secs: u64 },
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("no route named {0:?} (from the x-understudy-route header)")]
@@ -27,6 +29,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody(_)
             | ProxyError::InvalidJson(_)
             | ProxyError::UnknownRoute(_) => StatusCode::BAD_REQUEST,
@@ -47,6 +50,7 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::ClientBody(_) => "invalid_body",
+            ProxyError::BodyTimeout { .. } => "request_timeout",
             ProxyError::InvalidJson(_) => "invalid_json",
             ProxyError::UnknownRoute(_) => "unknown_route",
             ProxyError::Upstream(UpstreamError::Connect { .. }) => "upstream_unreachable",
@@ -75,7 +79,8 @@ pub fn error_response(
             404 => "not_found_error",
             413 => "request_too_large",
             429 => "rate_limit_error",
-            504 => "timeout_error",
+            503 => "overloaded_error",
+            408 | 504 => "timeout_error",
             _ => "api_error",
         };
         serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
@@ -120,6 +125,7 @@ mod tests {
         let cases: Vec<(ProxyError, u16)> = vec![
             (ProxyError::BodyTooLarge { limit: 10 }, 413),
             (ProxyError::InvalidJson("eof".into()), 400),
+            (ProxyError::BodyTimeout { secs: 30 }, 408),
             (
                 ProxyError::Upstream(UpstreamError::Connect {
                     upstream: "u".into(),

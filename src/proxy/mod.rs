@@ -20,6 +20,7 @@
 //! closed, so hyper dropped the request's future), recorded as `cancelled` with its duration.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use crate::domain::{full, Body};
-use crate::metrics::{Metrics, RequestRecord, NO_RELEASE, UNROUTED};
+use crate::metrics::{Metrics, RejectReason, RequestRecord, NO_RELEASE, UNROUTED};
 use crate::observe::{ApiShape, Observation, Observer};
 use crate::shadow::{MirrorRequest, Shadow};
 use crate::state::Snapshot;
@@ -44,11 +45,13 @@ use crate::upstream::{
 };
 
 mod error;
+mod progress;
 mod relay;
 mod routing;
 
 pub use error::error_response;
 use error::ProxyError;
+use progress::ProgressBody;
 use relay::{Completion, RelayBody};
 use routing::{plan, sample_point, sticky_value, Plan};
 
@@ -58,6 +61,8 @@ const RELEASE_HEADER: HeaderName = HeaderName::from_static("x-understudy-release
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Longest wait for the next chunk of a request body (a body that stalls is cut: 408).
+    pub body_timeout: Duration,
     /// Deadline for the upstream's response head, and for each gap between body frames.
     pub upstream_timeout: Duration,
     /// Bound on output kept per observation (text and buffered JSON).
@@ -182,7 +187,7 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = req.into_parts();
-        let bytes = read_body(&parts.headers, body, self.limits.max_body_bytes).await?;
+        let bytes = read_body(&parts.headers, body, &self.limits).await?;
         let json =
             RequestBody::parse(&bytes).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
         let Some(plan) = self.route(ctx, &parts, &json)? else {
@@ -217,7 +222,12 @@ impl Proxy {
         if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
             return Err(ProxyError::BodyTooLarge { limit });
         }
-        let body = Limited::new(body, limit).boxed();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let body = Limited::new(
+            ProgressBody::new(body, self.limits.body_timeout, Arc::clone(&stalled)),
+            limit,
+        )
+        .boxed();
         let headers = outbound_headers(parts.headers, &upstream, false);
         let uri = upstream
             .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
@@ -228,7 +238,14 @@ impl Proxy {
             .body(body)
             .map_err(|e| bad_uri(&upstream, &e))?;
         *out.headers_mut() = headers;
-        let resp = self.forward(&upstream, out).await?;
+        let resp = self.forward(&upstream, out).await.map_err(|e| {
+            // The upstream leg failed because the client's body stalled: the client's fault.
+            if stalled.load(Ordering::Relaxed) {
+                body_timeout(&self.limits)
+            } else {
+                e
+            }
+        })?;
         Ok(self.response_filter(ctx, resp))
     }
 
@@ -364,6 +381,9 @@ impl Proxy {
     fn fail(&self, ctx: &mut Ctx, err: ProxyError) -> Response<Body> {
         let status = err.status().as_u16();
         ctx.recorded = true;
+        if let ProxyError::BodyTimeout { .. } = err {
+            self.metrics.request_rejected(RejectReason::BodyTimeout);
+        }
         self.metrics.request_finished(&RequestRecord {
             series: None,
             route: ctx.route_label(),
@@ -435,21 +455,32 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Phase 2: the whole request body, refused early when its declared length is over the limit.
+/// Phase 2: the whole request body, refused early when its declared length is over the limit,
+/// cut when it sends nothing for `body_timeout`.
 async fn read_body(
     headers: &http::HeaderMap,
     body: Incoming,
-    limit: usize,
+    limits: &Limits,
 ) -> Result<Bytes, ProxyError> {
+    let limit = limits.max_body_bytes;
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
+    let stalled = Arc::new(AtomicBool::new(false));
+    let body = ProgressBody::new(body, limits.body_timeout, Arc::clone(&stalled));
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge { limit })
         }
+        Err(_) if stalled.load(Ordering::Relaxed) => Err(body_timeout(limits)),
         Err(e) => Err(ProxyError::ClientBody(e.to_string())),
+    }
+}
+
+fn body_timeout(limits: &Limits) -> ProxyError {
+    ProxyError::BodyTimeout {
+        secs: limits.body_timeout.as_secs(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Assembly and lifecycle: builds the runtime state from the configuration, starts the
 //! controller, serves the proxy and admin listeners, and shuts down in order: stop accepting,
 //! let in-flight responses finish within the grace period, drain the mirrors, stop the
-//! controller. `run` takes bound listeners and a shutdown future, so tests run it on port 0.
+//! controller, all within the grace period (connections still open when it ends are cut).
+//! `run` takes bound listeners and a shutdown future, so tests run it on port 0.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,13 +14,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod conn;
 mod workers;
 
-use workers::{log_end, Handoff, Workers};
+use conn::{ConnPermit, Timeouts, OVER_CAPACITY_RESPONSE};
+use workers::{log_end, Handoff, Hygiene, Workers};
 
 use crate::admin::Admin;
 use crate::config::Config;
@@ -36,6 +39,14 @@ const OBSERVE_MAX_BYTES: usize = 256 * 1024;
 const CONTROL_QUEUE: usize = 64;
 /// Scored samples waiting for the controller; past it, samples are dropped (and logged).
 const SAMPLE_QUEUE: usize = 4096;
+/// File descriptors kept out of the proxy's caps: the admin listener and its connections, the
+/// store (database, WAL, shared memory), stdio, the runtimes' epoll and wake-up descriptors.
+/// Mirrors' upstream connections (each route's `shadow.max_inflight`) are reserved on top.
+const FD_RESERVE: usize = 128;
+/// After the grace period, how long cut connections get to drop their sockets.
+const CUT_WAIT: Duration = Duration::from_millis(200);
+/// Longest pause between accept attempts while accepting fails (out of descriptors).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -142,6 +153,7 @@ pub async fn run_with_store(
 
     let limits = Limits {
         max_body_bytes: config.server.max_body_bytes,
+        body_timeout: config.server.body_timeout,
         upstream_timeout: config.server.upstream_timeout,
         observe_max_bytes: OBSERVE_MAX_BYTES,
     };
@@ -154,8 +166,28 @@ pub async fn run_with_store(
         .collect();
     let tls = upstream::tls_config(&extra_roots)
         .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
+    let caps = Caps::fit(
+        config.server.max_connections,
+        config.server.max_concurrent_requests,
+        FD_RESERVE
+            + config
+                .routes
+                .values()
+                .map(|r| r.shadow.max_inflight)
+                .sum::<usize>(),
+        nofile_limit(),
+    );
+    let hygiene = Hygiene {
+        timeouts: Timeouts {
+            header_read: config.server.header_read_timeout,
+            idle: config.server.idle_timeout,
+        },
+        permits: Arc::new(Semaphore::new(caps.requests)),
+        cut: CancellationToken::new(),
+    };
+    let slots = Arc::new(Semaphore::new(caps.connections));
     let connections = TaskTracker::new();
-    let workers = Workers::start(config.server.workers(), &connections, {
+    let workers = Workers::start(config.server.workers(), &connections, &hygiene, {
         let state = Arc::clone(&state);
         let metrics = Arc::clone(&metrics);
         let mirrors = mirrors.clone();
@@ -178,6 +210,7 @@ pub async fn run_with_store(
             }
         }
     })?;
+    let proxy_metrics = Arc::clone(&metrics);
     let admin = Arc::new(Admin {
         metrics,
         control: control_tx,
@@ -190,16 +223,26 @@ pub async fn run_with_store(
         admin = %listeners.admin.local_addr()?,
         routes = config.routes.len(),
         workers = config.server.workers(),
+        max_connections = caps.connections,
+        max_concurrent_requests = caps.requests,
+        fd_limit = caps.fd_limit,
         "understudy serving"
     );
     let graceful = GracefulShutdown::new();
     let (workers, (), ()) = tokio::join!(
-        proxy_accept_loop(listeners.proxy, workers, &graceful, &stop),
+        proxy_accept_loop(
+            listeners.proxy,
+            workers,
+            &slots,
+            &proxy_metrics,
+            &graceful,
+            &stop
+        ),
         accept_loop(
             listeners.admin,
             &connections,
             &graceful,
-            &stop,
+            (&stop, &hygiene.cut),
             move |req| { Arc::clone(&admin).handle(req) }
         ),
         async {
@@ -208,19 +251,21 @@ pub async fn run_with_store(
         },
     );
     tracing::info!("shutting down: no new connections; waiting for in-flight responses");
+    // One deadline for everything: in-flight responses, then mirrors, end within the grace.
     let grace = config.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(?grace, "grace period over; cutting remaining connections");
     }
+    // Dropping hyper's graceful future cuts nothing: each connection's task selects on this.
+    hygiene.cut.cancel();
     connections.close();
     mirrors.close();
-    let _ = tokio::time::timeout(grace, async {
-        tokio::join!(connections.wait(), mirrors.wait())
-    })
-    .await;
+    let _ = tokio::time::timeout(CUT_WAIT, connections.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, mirrors.wait()).await;
     workers.stop().await;
     controller_stop.cancel();
     let _ = controller_task.await;
@@ -228,57 +273,125 @@ pub async fn run_with_store(
     Ok(())
 }
 
-/// Accepts proxy connections until `stop`, handing each to the next worker; returns the
-/// workers with their queues closed.
+/// Accepts proxy connections until `stop`, handing each to the next worker with one of the
+/// `max_connections` slots; past the cap a connection gets a 503 and is closed at once (never
+/// queued, so it holds no descriptor). Returns the workers with their queues closed.
 async fn proxy_accept_loop(
     listener: TcpListener,
     mut workers: Workers,
+    slots: &Arc<Semaphore>,
+    metrics: &Arc<crate::metrics::Metrics>,
     graceful: &GracefulShutdown,
     stop: &CancellationToken,
 ) -> Workers {
+    let mut acceptor = Acceptor::new(listener, "proxy");
+    let mut refused = 0u64;
     loop {
-        let Some(stream) = accept(&listener, stop).await else {
+        let Some(stream) = acceptor.accept(stop).await else {
             workers.close();
             return workers;
         };
+        let Some(permit) = ConnPermit::try_take(slots, metrics) else {
+            // Best effort, without waiting: the socket's buffer takes it or the client sees a
+            // plain close.
+            let _ = stream.try_write(&OVER_CAPACITY_RESPONSE);
+            drop(stream);
+            metrics.connection_closed(crate::metrics::CloseReason::OverCapacity);
+            if refused == 0 {
+                tracing::warn!("proxy connection limit reached; refusing new connections");
+            }
+            refused += 1;
+            continue;
+        };
+        if refused > 0 {
+            tracing::info!(refused, "proxy accepting connections again");
+            refused = 0;
+        }
         // Deregistered from this runtime, registered again by the worker's.
         match stream.into_std() {
             Ok(stream) => {
                 let watcher = graceful.watcher();
-                workers.dispatch(Handoff { stream, watcher }).await;
+                workers
+                    .dispatch(Handoff {
+                        stream,
+                        watcher,
+                        permit,
+                    })
+                    .await;
             }
             Err(e) => tracing::warn!(error = %e, "could not hand a connection over"),
         }
     }
 }
 
-/// The next accepted connection (with `TCP_NODELAY`), or None once `stop` is cancelled.
-async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<TcpStream> {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = stop.cancelled() => return None,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                return Some(stream);
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+/// A listener that backs off while accepting fails and logs once per burst of failures.
+struct Acceptor {
+    listener: TcpListener,
+    name: &'static str,
+    /// Failures in a row; 0 while accepting works.
+    failures: u32,
+}
+
+impl Acceptor {
+    fn new(listener: TcpListener, name: &'static str) -> Self {
+        Acceptor {
+            listener,
+            name,
+            failures: 0,
+        }
+    }
+
+    /// The next accepted connection (with `TCP_NODELAY`), or None once `stop` is cancelled.
+    async fn accept(&mut self, stop: &CancellationToken) -> Option<TcpStream> {
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                () = stop.cancelled() => return None,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    if self.failures > 0 {
+                        tracing::info!(
+                            listener = self.name,
+                            failures = self.failures,
+                            "accepting again"
+                        );
+                        self.failures = 0;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    return Some(stream);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: the pending connection stays in
+                    // the backlog, so retrying at once would spin. Back off, doubling.
+                    if self.failures == 0 {
+                        tracing::warn!(listener = self.name, error = %e, "accept failed; backing off");
+                    }
+                    self.failures = self.failures.saturating_add(1);
+                    let backoff = accept_backoff(self.failures);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return None,
+                    }
+                }
             }
         }
     }
 }
 
-/// Accepts connections until `stop`, serving each on a task of `connections`.
+/// The pause after the `failures`-th failed accept in a row: 10 ms, doubling, at most 1 s.
+fn accept_backoff(failures: u32) -> Duration {
+    let ms = 10u64.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    Duration::from_millis(ms).min(ACCEPT_BACKOFF_MAX)
+}
+
+/// Accepts admin connections until `stop`, serving each on a task of `connections` until it
+/// ends or `cut` (the end of the shutdown grace period).
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     connections: &TaskTracker,
     graceful: &GracefulShutdown,
-    stop: &CancellationToken,
+    (stop, cut): (&CancellationToken, &CancellationToken),
     handler: F,
 ) where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -287,11 +400,112 @@ async fn accept_loop<F, Fut>(
         + 'static,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
-    while let Some(stream) = accept(&listener, stop).await {
+    let mut acceptor = Acceptor::new(listener, "admin");
+    while let Some(stream) = acceptor.accept(stop).await {
         let handler = handler.clone();
         let conn = builder
             .serve_connection(TokioIo::new(stream), service_fn(handler))
             .into_owned();
-        connections.spawn(log_end(graceful.watch(conn)));
+        let conn = graceful.watch(conn);
+        let cut = cut.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                () = log_end(conn) => {}
+                () = cut.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// The proxy's caps after fitting them to the file-descriptor limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Caps {
+    connections: usize,
+    requests: usize,
+    /// The soft RLIMIT_NOFILE read at start, when it could be read.
+    fd_limit: Option<usize>,
+}
+
+impl Caps {
+    /// Fits the configured caps under `fd_limit` less `reserve`: each admitted request may hold
+    /// an upstream connection besides its client's, so requests get at most half of what is
+    /// left and connections the rest. Lowered caps are logged; without a known limit the
+    /// configured ones stand.
+    fn fit(connections: usize, requests: usize, reserve: usize, fd_limit: Option<usize>) -> Caps {
+        let Some(limit) = fd_limit else {
+            return Caps {
+                connections,
+                requests,
+                fd_limit,
+            };
+        };
+        let usable = limit.saturating_sub(reserve).max(2);
+        let fitted_requests = requests.min(usable / 2).max(1);
+        let fitted_connections = connections.min(usable - fitted_requests).max(1);
+        if (fitted_connections, fitted_requests) != (connections, requests) {
+            tracing::warn!(
+                fd_limit = limit,
+                reserve,
+                max_connections = fitted_connections,
+                max_concurrent_requests = fitted_requests,
+                configured_connections = connections,
+                configured_requests = requests,
+                "lowered the proxy's caps to fit the file-descriptor limit (raise it with ulimit -n)"
+            );
+        }
+        Caps {
+            connections: fitted_connections,
+            requests: fitted_requests,
+            fd_limit,
+        }
+    }
+}
+
+/// The process's soft limit on open files (RLIMIT_NOFILE), from /proc (Linux); None elsewhere.
+fn nofile_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_nofile(&limits)
+}
+
+fn parse_nofile(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_fit_the_descriptor_limit() {
+        let check = |limit, expected: (usize, usize)| {
+            let caps = Caps::fit(4096, 1024, 128, limit);
+            assert_eq!((caps.connections, caps.requests), expected, "{limit:?}");
+        };
+        check(None, (4096, 1024));
+        check(Some(1_048_576), (4096, 1024));
+        // 1024 - 128 = 896: 448 requests, 448 connections.
+        check(Some(1024), (448, 448));
+        check(Some(100), (1, 1));
+    }
+
+    #[test]
+    fn reads_the_soft_nofile_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 1048576              files\n";
+        assert_eq!(parse_nofile(limits), Some(1024));
+        assert_eq!(parse_nofile("nothing"), None);
+    }
+
+    #[test]
+    fn accept_backs_off_up_to_a_second() {
+        let ms: Vec<u128> = [1, 2, 3, 8, 30]
+            .map(|n| accept_backoff(n).as_millis())
+            .to_vec();
+        assert_eq!(ms, vec![10, 20, 40, 1000, 1000]);
     }
 }

@@ -9,14 +9,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
-use tokio::sync::mpsc;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
 
+use super::conn::{AdmissionLayer, ConnPermit, ConnState, Timeouts, Watched};
+use crate::metrics::CloseReason;
 use crate::proxy::Proxy;
 
 /// Connections waiting for a worker; past it the acceptor waits (backpressure, not loss).
@@ -27,6 +30,19 @@ const HANDOFF_QUEUE: usize = 1024;
 pub struct Handoff {
     pub stream: std::net::TcpStream,
     pub watcher: Watcher,
+    /// The connection's slot of `max_connections`, freed when its task ends.
+    pub permit: ConnPermit,
+}
+
+/// What every proxy connection is held to, shared by the workers.
+#[derive(Clone)]
+pub struct Hygiene {
+    pub timeouts: Timeouts,
+    /// `max_concurrent_requests` permits, one global pool across the workers (a per-worker
+    /// share would shed on one busy worker while another idles).
+    pub permits: Arc<Semaphore>,
+    /// Cancelled when the shutdown grace period is over: every connection still open is cut.
+    pub cut: CancellationToken,
 }
 
 /// The running workers.
@@ -45,6 +61,7 @@ impl Workers {
     pub fn start<F>(
         count: usize,
         connections: &TaskTracker,
+        hygiene: &Hygiene,
         make_proxy: F,
     ) -> std::io::Result<Workers>
     where
@@ -61,6 +78,7 @@ impl Workers {
             let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
             let make_proxy = Arc::clone(&make_proxy);
             let connections = connections.clone();
+            let hygiene = hygiene.clone();
             let release = workers.release.clone();
             let started = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -71,7 +89,7 @@ impl Workers {
                         .spawn(move || {
                             runtime.block_on(async move {
                                 let proxy = Arc::new(make_proxy());
-                                serve(rx, proxy, &connections).await;
+                                serve(rx, proxy, &connections, hygiene).await;
                                 // Accepting is over; this runtime keeps polling its connections
                                 // and mirrors until the server has waited for them.
                                 release.cancelled().await;
@@ -128,9 +146,19 @@ impl Workers {
 }
 
 /// Serves every connection handed to this worker, until the acceptor closes its queue.
-async fn serve(mut rx: mpsc::Receiver<Handoff>, proxy: Arc<Proxy>, connections: &TaskTracker) {
+async fn serve(
+    mut rx: mpsc::Receiver<Handoff>,
+    proxy: Arc<Proxy>,
+    connections: &TaskTracker,
+    hygiene: Hygiene,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    while let Some(Handoff { stream, watcher }) = rx.recv().await {
+    while let Some(Handoff {
+        stream,
+        watcher,
+        permit,
+    }) = rx.recv().await
+    {
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -138,14 +166,42 @@ async fn serve(mut rx: mpsc::Receiver<Handoff>, proxy: Arc<Proxy>, connections: 
                 continue;
             }
         };
-        let proxy = Arc::clone(&proxy);
+        let state = ConnState::new();
+        let service = ServiceBuilder::new()
+            .layer(AdmissionLayer {
+                conn: Arc::clone(&state),
+                permits: Arc::clone(&hygiene.permits),
+                metrics: Arc::clone(&proxy.metrics),
+            })
+            .service(tower::service_fn({
+                let proxy = Arc::clone(&proxy);
+                move |req| Arc::clone(&proxy).handle(req)
+            }));
         let conn = builder
             .serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |req| Arc::clone(&proxy).handle(req)),
+                TokioIo::new(Watched::new(stream, Arc::clone(&state))),
+                TowerToHyperService::new(service),
             )
             .into_owned();
-        connections.spawn(log_end(watcher.watch(conn)));
+        let conn = watcher.watch(conn);
+        let metrics = Arc::clone(&proxy.metrics);
+        let (timeouts, cut) = (hygiene.timeouts, hygiene.cut.clone());
+        let mut task = connections.spawn(async move {
+            log_end(conn).await;
+            drop(permit);
+        });
+        // The connection's watchdog, a task of its own so that the connection's task polls
+        // nothing else: it wakes only at deadlines, and cuts the connection when one passes or
+        // when shutdown's grace is over.
+        connections.spawn(async move {
+            let reason = tokio::select! {
+                _ = &mut task => return,
+                reason = state.expired(timeouts) => reason,
+                () = cut.cancelled() => CloseReason::Shutdown,
+            };
+            task.abort();
+            metrics.connection_closed(reason);
+        });
     }
 }
 

@@ -74,6 +74,7 @@ pub fn config() -> ConfigToml {
         sim: true,
         default_upstream: None,
         upstreams: Vec::new(),
+        server_keys: Vec::new(),
     }
 }
 
@@ -88,6 +89,7 @@ pub struct ConfigToml {
     sim: bool,
     default_upstream: Option<&'static str>,
     upstreams: Vec<(String, String)>,
+    server_keys: Vec<(&'static str, u64)>,
 }
 
 impl ConfigToml {
@@ -112,6 +114,12 @@ impl ConfigToml {
     /// `server.shutdown_grace_secs`.
     pub fn shutdown_grace_secs(mut self, secs: u64) -> Self {
         self.shutdown_grace_secs = Some(secs);
+        self
+    }
+
+    /// Any other numeric `[server]` key (the hygiene timeouts and caps).
+    pub fn server(mut self, key: &'static str, value: u64) -> Self {
+        self.server_keys.push((key, value));
         self
     }
 
@@ -153,6 +161,9 @@ impl ConfigToml {
             if let Some(value) = value {
                 writeln!(toml, "{key} = {value}").unwrap();
             }
+        }
+        for (key, value) in &self.server_keys {
+            writeln!(toml, "{key} = {value}").unwrap();
         }
         write!(
             toml,

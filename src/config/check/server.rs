@@ -8,6 +8,8 @@ use crate::config::types::{AdminConfig, ServerConfig, StoreConfig};
 
 const DEFAULT_STORE_PATH: &str = "data/understudy.db";
 const MAX_WORKERS: usize = 1024;
+/// Upper bound of the connection and request caps (a typo guard, not a tuning figure).
+const MAX_CAP: usize = 1_000_000;
 
 impl<'a> Checker<'a> {
     pub(super) fn server(&mut self) -> ServerConfig {
@@ -46,6 +48,35 @@ impl<'a> Checker<'a> {
                     "must be between 1 and 1024",
                 )
             }),
+            header_read_timeout: self.secs(
+                &["server", "header_read_timeout_secs"],
+                raw.header_read_timeout_secs,
+                default.header_read_timeout,
+            ),
+            idle_timeout: self.secs(
+                &["server", "idle_timeout_secs"],
+                raw.idle_timeout_secs,
+                default.idle_timeout,
+            ),
+            body_timeout: self.secs(
+                &["server", "body_timeout_secs"],
+                raw.body_timeout_secs,
+                default.body_timeout,
+            ),
+            max_connections: self.checked(
+                &["server", "max_connections"],
+                raw.max_connections,
+                default.max_connections,
+                |v| (1..=MAX_CAP).contains(&v),
+                "must be between 1 and 1000000",
+            ),
+            max_concurrent_requests: self.checked(
+                &["server", "max_concurrent_requests"],
+                raw.max_concurrent_requests,
+                default.max_concurrent_requests,
+                |v| (1..=MAX_CAP).contains(&v),
+                "must be between 1 and 1000000",
+            ),
         }
     }
 
