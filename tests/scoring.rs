@@ -154,6 +154,28 @@ async fn requests_until_rollback(server: &Server, max: usize) -> Option<usize> {
     None
 }
 
+/// Each scorer's own quality in the route's view.
+fn scorer_quality(route: &Value, scorer: &str) -> f64 {
+    route["scorers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scorer"] == scorer)
+        .unwrap_or_else(|| panic!("no {scorer} quality in {route}"))["quality"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Sends `n` requests and asserts the candidate is still there.
+async fn assert_kept(server: &Server, n: usize) {
+    assert_eq!(
+        requests_until_rollback(server, n).await,
+        None,
+        "{}",
+        last_rollback_reason(server).await
+    );
+}
+
 async fn last_rollback_reason(server: &Server) -> String {
     let r = route(server).await;
     r["events"]
@@ -206,12 +228,7 @@ async fn defaults_roll_back_a_bad_candidate_within_100_requests_in_every_phase()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_keep_a_benign_candidate() {
     let (_sim, server, _dir) = setup(style(Style::Benign), &config("shadow", "", "")).await;
-    assert_eq!(
-        requests_until_rollback(&server, 400).await,
-        None,
-        "{}",
-        last_rollback_reason(&server).await
-    );
+    assert_kept(&server, 400).await;
     let r = route(&server).await;
     assert!(r["quality"].as_f64().unwrap() > 0.9, "{r}");
     // The floor warmed up without any noise_floor_share set: at least noise_warmup samples.
@@ -230,32 +247,12 @@ async fn semantic_only_keeps_a_paraphrase_and_rolls_back_off_topic() {
         &config("shadow", scoring, SEMANTIC),
     )
     .await;
-    assert_eq!(
-        requests_until_rollback(&server, 200).await,
-        None,
-        "{}",
-        last_rollback_reason(&server).await
-    );
+    assert_kept(&server, 200).await;
     let r = route(&server).await;
-    let semantic = r["scorers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["scorer"] == "semantic")
-        .unwrap()
-        .clone();
-    assert!(semantic["quality"].as_f64().unwrap() > 0.9, "{r}");
-    let lexical = r["scorers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["scorer"] == "lexical")
-        .unwrap()
-        .clone();
-    assert!(
-        lexical["quality"].as_f64().unwrap() < 0.8,
-        "lexical sees the rewording: {r}"
-    );
+    let semantic = scorer_quality(&r, "semantic");
+    assert!(semantic > 0.9, "{r}");
+    let lexical = scorer_quality(&r, "lexical");
+    assert!(lexical < 0.8, "lexical sees the rewording: {r}");
     assert!(
         sim.sim.calls_for(EMBEDDER) >= 200,
         "one embeddings call per sample"
@@ -328,24 +325,10 @@ async fn judge_only_rolls_back_a_tone_regression_and_keeps_a_benign_candidate() 
         &config("shadow", scoring, JUDGE_SECTION),
     )
     .await;
-    assert_eq!(
-        requests_until_rollback(&server, 200).await,
-        None,
-        "{}",
-        last_rollback_reason(&server).await
-    );
+    assert_kept(&server, 200).await;
     let r = route(&server).await;
-    let judge = r["scorers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["scorer"] == "judge")
-        .unwrap()
-        .clone();
-    assert!(
-        judge["quality"].as_f64().unwrap() > 0.8,
-        "the judge's coin flips are noise: {r}"
-    );
+    let judge = scorer_quality(&r, "judge");
+    assert!(judge > 0.8, "the judge's coin flips are noise: {r}");
     let m = server.metrics().await;
     assert!(
         metric_value(
@@ -372,12 +355,7 @@ async fn failing_scorers_never_fail_a_candidate() {
         },
     );
     sim.sim.set_behavior(JUDGE, style(Style::JudgeGarbled));
-    assert_eq!(
-        requests_until_rollback(&server, 120).await,
-        None,
-        "{}",
-        last_rollback_reason(&server).await
-    );
+    assert_kept(&server, 120).await;
     let m = server.metrics().await;
     assert!(
         metric_value(
