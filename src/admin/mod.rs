@@ -37,9 +37,11 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 use crate::proxy::{error_response, text_response};
+pub use listing::Listings;
 
 mod alertmanager;
 mod client;
+mod listing;
 
 pub use client::AdminClient;
 
@@ -57,6 +59,8 @@ pub struct Admin {
     pub store: watch::Receiver<StoreStatus>,
     /// The admin bearer token.
     pub token: Option<String>,
+    /// Listings answered at once, each until its body is sent: bounds what slow readers hold.
+    pub listings: Listings,
 }
 
 type Reply = Result<Response<Body>, Infallible>;
@@ -81,6 +85,17 @@ impl Admin {
         }
         // Without the token, releases are shown without their prompts and parameters.
         let shown = |view: RouteView| if authorized { view } else { view.redacted() };
+        // The listings can be large: a bounded number at once, each until it is sent.
+        let listing =
+            method == Method::GET && matches!(segments.as_slice(), ["admin", "routes", ..]);
+        let permit = if listing {
+            match self.listings.try_acquire() {
+                Some(permit) => Some(permit),
+                None => return Ok(busy()),
+            }
+        } else {
+            None
+        };
         let resp = match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => {
                 let mut r = Response::new(full(self.metrics.render()));
@@ -144,7 +159,10 @@ impl Admin {
                 None,
             ),
         };
-        Ok(resp)
+        Ok(match permit {
+            Some(permit) => listing::held(resp, permit).await,
+            None => resp,
+        })
     }
 
     /// Ready while the store takes writes and every change is durable; else 503 and why.
@@ -495,6 +513,19 @@ fn json_response(status: StatusCode, v: &impl Serialize) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    r
+}
+
+/// Every listing slot is taken by answers still being sent.
+fn busy() -> Response<Body> {
+    let mut r = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "too many admin listings are being sent; retry shortly",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 

@@ -24,7 +24,7 @@ mod workers;
 use conn::{ConnPermit, Timeouts, OVER_CAPACITY_RESPONSE};
 use workers::{log_end, Handoff, Hygiene, Workers};
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Listings};
 use crate::config::Config;
 use crate::control::{Controller, SqliteStore, Store};
 use crate::metrics::Metrics;
@@ -216,6 +216,7 @@ pub async fn run_with_store(
         control: control_tx,
         store: store_status,
         token,
+        listings: Listings::default(),
     });
 
     tracing::info!(
