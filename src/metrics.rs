@@ -7,19 +7,25 @@ use std::time::Duration;
 
 use crate::domain::{Phase, Prices, Trigger};
 
+mod indexes;
+
+pub use indexes::{IndexGauge, IndexMetrics};
+
 use prometheus::{
     Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The scorers whose own quality is tracked (`understudy_scorer_quality{scorer}`).
-pub const TRACKED_SCORERS: [&str; 6] = [
+pub const TRACKED_SCORERS: [&str; 8] = [
     "lexical",
     "length",
     "structure",
     "refusal",
     "semantic",
     "judge",
+    "neighbourhood",
+    "knn",
 ];
 
 /// Route label for requests that match no route and go to the default upstream untouched.
@@ -56,6 +62,8 @@ pub struct Metrics {
     pub proxy_connections: IntGauge,
     pub connections_closed: IntCounterVec,
     pub requests_rejected: IntCounterVec,
+    /// Embedding routes' vector indexes.
+    pub indexes: IndexMetrics,
 }
 
 /// Why the proxy closed a client connection itself (`understudy_connections_closed_total{reason}`).
@@ -152,6 +160,7 @@ impl Metrics {
             proxy_connections: register(r, IntGauge::new("understudy_proxy_connections", "Client connections open on the proxy listener.")?)?,
             connections_closed: register(r, IntCounterVec::new(Opts::new("understudy_connections_closed_total", "Client connections the proxy closed itself, by reason (header_timeout, idle_timeout, over_capacity, shutdown)."), &["reason"])?)?,
             requests_rejected: register(r, IntCounterVec::new(Opts::new("understudy_requests_rejected_total", "Requests answered by the proxy itself before any upstream, by reason (overloaded: 503, body_timeout: 408)."), &["reason"])?)?,
+            indexes: IndexMetrics::new(r)?,
             registry,
         };
         // Every op's and reason's series exists from the start, at 0, so the first error is an

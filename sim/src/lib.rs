@@ -44,9 +44,11 @@ use tokio_util::task::TaskTracker;
 
 mod judge;
 mod meaning;
+mod spaces;
 
 pub use judge::{judge_prompt, judge_verdict, Judge, Verdict};
 pub use meaning::{cosine, embed};
+pub use spaces::{embed_in, EmbeddingSpace};
 
 /// How the simulated model words its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +180,8 @@ pub struct SimUpstream {
 #[derive(Debug, Default)]
 struct State {
     behaviors: HashMap<String, Behavior>,
+    /// Embedding space per model ([`EmbeddingSpace::Base`] for the others).
+    spaces: HashMap<String, EmbeddingSpace>,
     calls: u64,
     calls_by_model: HashMap<String, u64>,
     recent: VecDeque<RecordedRequest>,
@@ -190,6 +194,12 @@ impl SimUpstream {
             default,
             state: Mutex::default(),
         })
+    }
+
+    /// The embedding space of `model` for `POST /v1/embeddings` (default
+    /// [`EmbeddingSpace::Base`]). Takes effect for the next request.
+    pub fn set_embedding_space(&self, model: &str, space: EmbeddingSpace) {
+        self.state().spaces.insert(model.to_owned(), space);
     }
 
     /// Behaviour for requests whose JSON `model` equals `model` (others get the default). Takes
@@ -358,7 +368,13 @@ impl SimUpstream {
         if let Some(Fault::Status(code)) = fault {
             return Ok(status_error(false, code));
         }
-        let full = Bytes::from(embeddings_body(&request).to_string());
+        let space = self
+            .state()
+            .spaces
+            .get(&request.model)
+            .copied()
+            .unwrap_or_default();
+        let full = Bytes::from(embeddings_body(&request, space).to_string());
         Ok(full_reply(full, fault, cancel))
     }
 
@@ -1211,13 +1227,13 @@ fn parse_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, String> {
 
 /// `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model", "usage"}`
 /// with the [`embed`] vector of each input.
-fn embeddings_body(request: &EmbeddingsRequest) -> Value {
+fn embeddings_body(request: &EmbeddingsRequest, space: EmbeddingSpace) -> Value {
     let data: Vec<Value> = request
         .inputs
         .iter()
         .enumerate()
         .map(|(index, input)| {
-            let vector = embed(input, request.dimensions);
+            let vector = embed_in(space, input, request.dimensions);
             let embedding = if request.base64 {
                 Value::String(base64_f32(&vector))
             } else {

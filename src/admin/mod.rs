@@ -33,7 +33,7 @@ use crate::control::{
     AlertEffect, Change, ChangeError, Command, Refused, RouteView, SampleOrder, StoreStatus,
 };
 use crate::domain::{
-    cut, full, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger, MAX_REASON_BYTES,
+    cut, full, index_name_problem, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger, MAX_REASON_BYTES,
 };
 use crate::metrics::Metrics;
 use crate::proxy::{error_response, text_response};
@@ -136,6 +136,16 @@ impl Admin {
             }
             (&Method::GET, ["admin", "routes", name, "samples"]) => {
                 self.samples(name, req.uri().query()).await
+            }
+            (&Method::POST, ["admin", "routes", name, "indexes", index, "drop"]) => {
+                // Embedding routes: rollbacks onto a dropped index are refused from now on.
+                match index_name_problem(index) {
+                    Some(problem) => bad_request(&format!("index {problem}")),
+                    None => {
+                        let change = Change::DropIndex((*index).to_owned());
+                        self.change(name.to_string(), change).await
+                    }
+                }
             }
             (&Method::POST, ["admin", "routes", name, action]) => {
                 let name = name.to_string();
@@ -339,6 +349,8 @@ struct PublishBody {
     #[serde(default)]
     params: serde_json::Map<String, Value>,
     prices: Option<PricesBody>,
+    /// Embedding routes: the vector index built with this release's model.
+    index: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -424,6 +436,7 @@ fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
                 system_prompt: b.system_prompt,
                 params: b.params,
                 prices,
+                index: b.index,
             }))
         }
         "promote" => {

@@ -55,6 +55,7 @@ pub struct Route {
     pub phase: Option<String>,
     pub share: Option<f64>,
     pub sticky_key: Option<String>,
+    pub index_retention: Option<String>,
     #[serde(rename = "stable")]
     pub _stable: Option<IgnoredAny>,
     #[serde(rename = "candidate")]
@@ -79,6 +80,7 @@ pub struct Release {
     pub system_prompt_file: Option<String>,
     pub params: Option<toml::Table>,
     pub prices: Option<Prices>,
+    pub index: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

@@ -165,7 +165,13 @@ pub struct RouteConfig {
     pub rollback: RollbackConfig,
     /// `[[routes.NAME.checks]]`, in the file's order.
     pub checks: Vec<Check>,
+    /// `index_retention`, default 24 h: how long the vector index of a release that stopped
+    /// serving stays a rollback target (embedding routes).
+    pub index_retention: Duration,
 }
+
+/// The default of `index_retention`.
+pub const DEFAULT_INDEX_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// `[routes.NAME.shadow]`: limits on mirrored traffic.
 #[derive(Debug, Clone, PartialEq)]

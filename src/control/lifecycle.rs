@@ -3,7 +3,9 @@
 //! and returns the [`Transition`] to commit (or why not); the controller commits it, then
 //! publishes the new snapshot. No I/O here.
 
-use super::store::{EventRecord, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, Transition};
+use super::store::{
+    EventRecord, IndexRecord, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, Transition,
+};
 use crate::config::RouteConfig;
 use crate::domain::{share_problem, EventKind, Phase, ReleaseSpec, ReleaseState, Trigger};
 
@@ -12,6 +14,8 @@ use crate::domain::{share_problem, EventKind, Phase, ReleaseSpec, ReleaseState, 
 pub struct RouteHistory {
     pub record: RouteRecord,
     pub releases: Vec<ReleaseRecord>,
+    /// The route's vector indexes that stopped serving or were dropped (embedding routes).
+    pub indexes: Vec<IndexRecord>,
 }
 
 /// Why a change was refused. Each maps to an HTTP status in the admin API.
@@ -68,10 +72,11 @@ pub fn record_of(route: &str, version: u32, spec: &ReleaseSpec, now_ms: i64) -> 
         prices: spec.prices,
         created_at_ms: now_ms,
         rolled_back: None,
+        index: spec.index.clone(),
     }
 }
 
-fn event(route: &str, now_ms: i64, kind: EventKind) -> EventRecord {
+pub fn event(route: &str, now_ms: i64, kind: EventKind) -> EventRecord {
     EventRecord {
         id: 0,
         route: route.to_string(),
@@ -363,6 +368,7 @@ impl RouteHistory {
         let mut h = RouteHistory {
             record: t.route.clone()?,
             releases: Vec::new(),
+            indexes: Vec::new(),
         };
         h.apply(t);
         Some(h)
@@ -383,6 +389,12 @@ impl RouteHistory {
         for key in &t.revived {
             if let Some(r) = self.releases.iter_mut().find(|r| r.version == key.version) {
                 r.rolled_back = None;
+            }
+        }
+        for i in &t.indexes {
+            match self.indexes.iter_mut().find(|k| k.name == i.name) {
+                Some(kept) => *kept = i.clone(),
+                None => self.indexes.push(i.clone()),
             }
         }
     }

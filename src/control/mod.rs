@@ -25,6 +25,7 @@ use crate::shadow::Sample;
 use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 
 mod durability;
+mod indexes;
 mod judge;
 mod lifecycle;
 mod reviews;
@@ -66,6 +67,8 @@ pub enum Change {
         reason: String,
     },
     Finalize,
+    /// Marks an embedding route's vector index dropped (rollbacks onto it are refused).
+    DropIndex(String),
 }
 
 /// One firing alert from Alertmanager.
@@ -131,6 +134,8 @@ struct Settings {
     sticky_key: Option<StickyKey>,
     /// Shared by every snapshot of the route, so mirror budgets survive swaps.
     policy: Arc<RoutePolicy>,
+    /// `index_retention`: how long an index that stopped serving stays a rollback target.
+    index_retention: Duration,
 }
 
 struct RouteRuntime {
@@ -188,6 +193,7 @@ impl Controller {
                     RouteHistory {
                         record,
                         releases: Vec::new(),
+                        indexes: Vec::new(),
                     },
                 )
             })
@@ -197,12 +203,20 @@ impl Controller {
                 h.releases.push(r);
             }
         }
+        for i in loaded.indexes {
+            if let Some(h) = histories.get_mut(&i.route) {
+                h.indexes.push(i);
+            }
+        }
         let mut routes = BTreeMap::new();
         let mut settings = BTreeMap::new();
         let now = now_ms();
         for (name, cfg) in &config.routes {
             let mut history = histories.remove(name);
-            if let Some(t) = lifecycle::reconcile(cfg, history.as_ref(), now) {
+            if let Some(mut t) = lifecycle::reconcile(cfg, history.as_ref(), now) {
+                if let Some(h) = &history {
+                    t.indexes = indexes::retired(h, &t, now, cfg.index_retention);
+                }
                 store.commit(&t)?;
                 match &mut history {
                     Some(h) => h.apply(&t),
@@ -243,6 +257,7 @@ impl Controller {
                     alias: cfg.model.clone(),
                     sticky_key: cfg.sticky_key.clone(),
                     policy: Arc::new(policy),
+                    index_retention: cfg.index_retention,
                 },
             );
         }
@@ -383,9 +398,14 @@ impl Controller {
                 // The one validation of a release, shared with the configuration file.
                 let mut upstreams: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
                 upstreams.sort_unstable();
-                let problems = spec.problems(upstreams);
-                if !problems.is_empty() {
-                    let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                let mut said: Vec<String> = spec
+                    .problems(upstreams)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                // The embedding guard, against every release the route has had.
+                said.extend(indexes::publish_problems(h, spec));
+                if !said.is_empty() {
                     return Err(Refused::Invalid(said.join("; ")).into());
                 }
                 Some(lifecycle::publish(h, spec, now))
@@ -395,10 +415,20 @@ impl Controller {
                 to,
                 trigger,
                 reason,
-            } => lifecycle::rollback(h, *to, *trigger, reason, now)?,
+            } => {
+                if let Some(refused) = to.and_then(|v| indexes::rollback_refusal(h, v, now)) {
+                    return Err(refused.into());
+                }
+                lifecycle::rollback(h, *to, *trigger, reason, now)?
+            }
             Change::Finalize => Some(lifecycle::finalize(h, now)?),
+            Change::DropIndex(name) => indexes::drop_index(h, name, now)?,
         };
-        let Some(t) = t else { return Ok(()) };
+        let Some(mut t) = t else { return Ok(()) };
+        if let Some(settings) = self.settings.get(route) {
+            t.indexes
+                .extend(indexes::retired(h, &t, now, settings.index_retention));
+        }
         let Change::Rollback {
             trigger, reason, ..
         } = &change
@@ -710,6 +740,7 @@ impl Controller {
                 threshold: route.policy.rollback.threshold,
                 has_candidate: route.candidate.is_some(),
             });
+            indexes::publish_gauges(h, &self.metrics);
             routes.push(Arc::new(route));
         }
         let snapshot = Snapshot::new(routes, Arc::clone(&self.default_upstream));

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::durability::StoreStatus;
+use super::indexes::{self, IndexView};
 use super::judge::ScorerQuality;
 use super::lifecycle::RouteHistory;
 use super::store::{EventRecord, ReleaseRecord};
@@ -23,6 +24,13 @@ pub struct RouteView {
     pub share: f64,
     /// Version of the release that serves the route's traffic.
     pub serving: u32,
+    /// Embedding routes: the vector index of the serving release, as in `x-understudy-index`
+    /// (a canary's share of requests names the candidate's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// Embedding routes: every index the releases name, with its state and retention.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexView>,
     pub stable: Option<ReleaseView>,
     pub candidate: Option<ReleaseView>,
     pub quality: Option<f64>,
@@ -62,6 +70,8 @@ impl RouteView {
             phase: h.record.phase,
             share: h.record.share,
             serving: h.serving(),
+            index: indexes::serving_index(h).map(str::to_owned),
+            indexes: indexes::views(h, now_ms()),
             stable: view(h.record.stable),
             candidate: h.record.candidate.and_then(view),
             quality: judge.quality,
@@ -134,6 +144,9 @@ pub struct ReleaseView {
     pub state: ReleaseState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBackView>,
+    /// Embedding routes: the vector index built with its model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
 }
 
 impl ReleaseView {
@@ -154,6 +167,7 @@ impl ReleaseView {
                 trigger: rb.trigger,
                 reason: rb.reason.clone(),
             }),
+            index: r.index.clone(),
         }
     }
 }
@@ -229,6 +243,12 @@ pub enum AlertEffect {
     Failed,
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Unix milliseconds as RFC 3339 with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
@@ -256,6 +276,7 @@ mod tests {
             created_at: rfc3339(0),
             state: ReleaseState::Candidate,
             rolled_back: None,
+            index: None,
         };
         let full = serde_json::to_value(&release).unwrap_or_default();
         assert_eq!(full["system_prompt"], "secret");
@@ -266,6 +287,8 @@ mod tests {
             phase: Phase::Shadow,
             share: 0.1,
             serving: 1,
+            index: None,
+            indexes: Vec::new(),
             stable: None,
             candidate: Some(release.clone()),
             quality: None,

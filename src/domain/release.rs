@@ -34,6 +34,9 @@ pub struct ReleaseSpec {
     pub params: Map<String, Value>,
     /// `prices`, USD per million tokens.
     pub prices: Option<Prices>,
+    /// `index`: the vector index built with this (embedding) release's model; set on the
+    /// releases of an embedding route, named in every response's `x-understudy-index`.
+    pub index: Option<String>,
 }
 
 /// Token prices of a release, USD per million tokens.
@@ -57,7 +60,7 @@ pub struct ReleaseProblem {
 }
 
 impl ReleaseProblem {
-    fn new(key: &[&str], message: impl Into<String>) -> Self {
+    pub(super) fn new(key: &[&str], message: impl Into<String>) -> Self {
         ReleaseProblem {
             key: key.iter().map(|k| (*k).to_owned()).collect(),
             message: message.into(),
@@ -102,6 +105,7 @@ impl ReleaseSpec {
         if let Some(prices) = self.prices {
             out.extend(prices.problems());
         }
+        out.extend(super::index::index_problems(self));
         out
     }
 }
@@ -159,6 +163,7 @@ mod tests {
                 prompt_per_mtok: p,
                 completion_per_mtok: c,
             }),
+            index: None,
         }
     }
 

@@ -130,6 +130,8 @@ names!(
         RolledBack = "rolled_back",
         /// A promoted candidate became stable.
         Finalized = "finalized",
+        /// An operator marked an embedding route's vector index dropped.
+        IndexDropped = "index_dropped",
     }
 );
 

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::types::{FinishReason, ToolCall, Usage};
+use super::types::{Embeddings, FinishReason, ToolCall, Usage};
 
 /// Budget bytes charged for each tool call kept, on top of its name and
 /// arguments, so that a flood of empty calls stays bounded too.
@@ -35,6 +35,8 @@ pub(super) struct Assembly {
     /// `response.completed` or `response.incomplete`).
     pub(super) ended: bool,
     pub(super) malformed: bool,
+    /// The vectors of an embeddings answer.
+    pub(super) embeddings: Embeddings,
 }
 
 impl Assembly {

@@ -17,6 +17,7 @@ use assembly::Assembly;
 
 mod assembly;
 mod chat;
+mod embeddings;
 mod messages;
 mod responses;
 mod sse;
@@ -144,6 +145,7 @@ impl Observer {
             usage: out.usage,
             truncated: out.truncated,
             failure,
+            embeddings: out.embeddings,
             ..Observation::default()
         }
     }
@@ -160,6 +162,8 @@ impl Assembly {
             ApiShape::ChatCompletions | ApiShape::Completions => self.chat_event(data),
             ApiShape::Responses => self.responses_event(name, data),
             ApiShape::Messages => self.messages_event(name, data),
+            // The embeddings API does not stream.
+            ApiShape::Embeddings => Err(serde::de::Error::custom("embeddings do not stream")),
         };
         self.malformed |= read.is_err();
     }
@@ -181,6 +185,7 @@ impl Assembly {
             ApiShape::ChatCompletions | ApiShape::Completions => self.chat_body(bytes),
             ApiShape::Responses => self.responses_body(bytes),
             ApiShape::Messages => self.messages_body(bytes),
+            ApiShape::Embeddings => self.embeddings_body(bytes),
         };
         // A body cut at the bound cannot be expected to parse.
         self.truncated |= cut;
@@ -195,6 +200,7 @@ impl Assembly {
             ApiShape::ChatCompletions | ApiShape::Completions => Assembly::chat_usage(bytes),
             ApiShape::Responses => self.responses_usage(bytes),
             ApiShape::Messages => Assembly::messages_usage(bytes),
+            ApiShape::Embeddings => Assembly::embeddings_usage(bytes),
         };
         if let Ok(Some(usage)) = read {
             self.usage = usage.into();

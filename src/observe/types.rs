@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use super::embeddings::Embeddings;
+
 /// Which API a request speaks; decides how its body and output are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiShape {
@@ -19,6 +21,8 @@ pub enum ApiShape {
     Responses,
     /// Anthropic `/v1/messages`.
     Messages,
+    /// OpenAI `/v1/embeddings` (embedding routes).
+    Embeddings,
 }
 
 impl ApiShape {
@@ -31,6 +35,7 @@ impl ApiShape {
             "/v1/completions" => Some(ApiShape::Completions),
             "/v1/responses" => Some(ApiShape::Responses),
             "/v1/messages" => Some(ApiShape::Messages),
+            "/v1/embeddings" => Some(ApiShape::Embeddings),
             _ => None,
         }
     }
@@ -42,6 +47,7 @@ impl ApiShape {
             ApiShape::Completions => "completions",
             ApiShape::Responses => "responses",
             ApiShape::Messages => "messages",
+            ApiShape::Embeddings => "embeddings",
         }
     }
 }
@@ -142,6 +148,8 @@ pub struct Observation {
     pub truncated: bool,
     /// The hard failure, if any.
     pub failure: Option<Failure>,
+    /// The vectors of an embeddings answer (empty for the other APIs).
+    pub embeddings: Embeddings,
 }
 
 impl Observation {

@@ -56,6 +56,8 @@ use relay::{Completion, RelayBody};
 use routing::{plan, sample_point, sticky_value, Plan};
 
 const RELEASE_HEADER: HeaderName = HeaderName::from_static("x-understudy-release");
+/// Embedding routes: the vector index built with the model that made the response's vectors.
+const INDEX_HEADER: HeaderName = HeaderName::from_static("x-understudy-index");
 
 /// Limits that apply to every request.
 #[derive(Debug, Clone, Copy)]
@@ -346,6 +348,9 @@ impl Proxy {
             parts
                 .headers
                 .insert(RELEASE_HEADER, number_header(release.version));
+            if let Some(index) = &release.index {
+                parts.headers.insert(INDEX_HEADER, index.clone());
+            }
         }
         let paired = ctx.paired.take();
         // The whole answer is assembled only when a mirror waits to compare it.
@@ -399,7 +404,13 @@ impl Proxy {
             prices: None,
             cancelled: false,
         });
-        err.into_response(ctx.shape)
+        let mut resp = err.into_response(ctx.shape);
+        // An embedding route's answer names its index, errors included: the caller must
+        // never search another space than the one its release embeds into.
+        if let Some(index) = ctx.release.as_ref().and_then(|r| r.index.clone()) {
+            resp.headers_mut().insert(INDEX_HEADER, index);
+        }
+        resp
     }
 }
 

@@ -13,8 +13,10 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 
 mod checks;
+mod neighbourhood;
 
 pub use checks::{regression, Check, CheckRule, CheckTarget, Pattern, Schema};
+pub use neighbourhood::{Agreement, Windows};
 
 /// Weights of the combined score (config `weights = { lexical, structure, length, refusal,
 /// semantic, judge }`).
@@ -150,9 +152,17 @@ pub struct Score {
     pub hard_failure: Option<HardFailure>,
     /// The check behind [`HardFailure::Check`].
     pub failed_check: Option<String>,
+    /// Embedding routes: Spearman's rank correlation of the pairwise similarities of a window
+    /// of inputs under both releases, clamped to [0, 1] (`neighbourhood.rs`).
+    pub neighbourhood: Option<f64>,
+    /// Embedding routes: nearest-neighbour overlap at k over the same window.
+    pub knn: Option<f64>,
     /// Whether structure and refusal had anything to judge (else they are left out of the mean).
     structure_applies: bool,
     refusal_applies: bool,
+    /// An embedding route's score: only `neighbourhood` and `knn` (the text scorers do not
+    /// apply to vectors).
+    embedding: bool,
 }
 
 impl Score {
@@ -160,6 +170,11 @@ impl Score {
     /// measured.
     pub fn by_scorer(&self) -> Vec<(&'static str, f64)> {
         let [lexical, structure, length, refusal, finish, combined] = SCORERS;
+        if self.embedding {
+            let mut out = vec![(combined, self.combined)];
+            out.extend(self.tracked());
+            return out;
+        }
         let mut out = vec![
             (lexical, self.lexical),
             (structure, self.structure),
@@ -176,6 +191,12 @@ impl Score {
     /// The scorers the judge tracks one by one (those that had something to judge), for each
     /// scorer's own quality.
     pub fn tracked(&self) -> Vec<(&'static str, f64)> {
+        if self.embedding {
+            let mut out = Vec::new();
+            out.extend(self.neighbourhood.map(|v| ("neighbourhood", v)));
+            out.extend(self.knn.map(|v| ("knn", v)));
+            return out;
+        }
         let mut out = vec![("lexical", self.lexical), ("length", self.length)];
         if self.structure_applies {
             out.push(("structure", self.structure));
@@ -280,8 +301,11 @@ pub fn score(reference: &Observation, subject: &Observation, weights: &Weights) 
         combined: 0.0,
         hard_failure,
         failed_check: None,
+        neighbourhood: None,
+        knn: None,
         structure_applies: has_structure(&reference_shape) || has_structure(&subject_shape),
         refusal_applies: refuses(reference) || refuses(subject),
+        embedding: false,
     };
     score.combined = score.combine(weights);
     Some(score)

@@ -119,6 +119,7 @@ pub fn last_user_message(shape: ApiShape, body: &[u8]) -> String {
             items => last_user(items),
         },
         ApiShape::Completions => text_of(&v["prompt"]),
+        ApiShape::Embeddings => text_of(&v["input"]),
     }
 }
 

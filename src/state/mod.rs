@@ -108,6 +108,9 @@ pub struct Release {
     /// Parameter overrides, each value pre-serialised once.
     pub params: Vec<(String, Box<RawValue>)>,
     pub prices: Option<Prices>,
+    /// Embedding routes: the vector index built with this release's model, ready as the
+    /// `x-understudy-index` header value of every response it produces.
+    pub index: Option<HeaderValue>,
     /// This release's request metric series, looked up on first use.
     series: OnceLock<ReleaseSeries>,
 }
@@ -135,6 +138,11 @@ impl Release {
             system_prompt: spec.system_prompt.clone(),
             params,
             prices: spec.prices,
+            // Index names are checked (letters, digits, `-_.:`): always a valid header value.
+            index: spec
+                .index
+                .as_deref()
+                .and_then(|i| HeaderValue::from_str(i).ok()),
             series: OnceLock::new(),
         }
     }

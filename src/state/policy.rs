@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Upstream;
+use crate::score::Windows;
 use crate::config::{
     Check, JudgeConfig, RollbackConfig, RouteConfig, ScoringConfig, SemanticConfig, ShadowConfig,
 };
@@ -59,6 +60,9 @@ pub struct RoutePolicy {
     tokens: Option<TokenBudget>,
     /// The origin of the token budget's clock.
     epoch: Instant,
+    /// Embedding routes: the rolling windows of inputs embedded by both releases, shared by the
+    /// mirror tasks of every worker (locked by one mirror at a time, off the client's path).
+    pub neighbourhood: Mutex<Windows>,
 }
 
 impl RoutePolicy {
@@ -86,6 +90,7 @@ impl RoutePolicy {
             shadow,
             scoring: cfg.scoring.clone(),
             rollback: cfg.rollback.clone(),
+            neighbourhood: Mutex::default(),
         }
     }
 

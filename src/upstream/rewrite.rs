@@ -73,8 +73,9 @@ pub fn rewrite_request(
         ApiShape::ChatCompletions => Some("messages"),
         ApiShape::Responses => Some("instructions"),
         ApiShape::Messages => Some("system"),
-        // The legacy completions API has no system role: its prompt is left alone.
-        ApiShape::Completions => None,
+        // The legacy completions API has no system role: its prompt is left alone; the
+        // embeddings API has no prompt at all.
+        ApiShape::Completions | ApiShape::Embeddings => None,
     };
     let prompt = release.system_prompt.as_deref().zip(prompt_key);
     let store_off = shadow && matches!(shape, ApiShape::ChatCompletions | ApiShape::Responses);
@@ -426,6 +427,7 @@ mod tests {
             system_prompt: prompt.map(str::to_string),
             params: params.as_object().cloned().unwrap_or_default(),
             prices: None,
+            index: None,
         };
         Release::new(1, &spec, upstream)
     }

@@ -12,9 +12,9 @@ use super::{Checker, Value};
 use crate::config::raw;
 use crate::config::types::{
     Check, CheckRule, CheckTarget, JudgeConfig, RollbackConfig, RouteConfig, ScoringConfig,
-    SemanticConfig, ShadowConfig, StickyKey, Weights,
+    SemanticConfig, ShadowConfig, StickyKey, Weights, DEFAULT_INDEX_RETENTION,
 };
-use crate::domain::{route_name_problem, share_problem, Phase, ReleaseSpec};
+use crate::domain::{route_name_problem, share_problem, space_problems, Phase, ReleaseSpec};
 use crate::score::{Pattern, Schema};
 
 const DEFAULT_SHARE: f64 = 0.05;
@@ -130,6 +130,15 @@ impl<'a> Checker<'a> {
         let sticky_key = top
             .sticky_key
             .and_then(|key| self.sticky_key(&["routes", name, "sticky_key"], &key));
+        let index_retention = self.index_retention(name, top.index_retention.as_deref());
+        if let (Some(stable), Some(candidate)) = (&stable, &candidate) {
+            // The guard: the candidate's index and space against stable's (domain/index.rs).
+            for p in space_problems(candidate, [("stable", stable)]) {
+                let mut path = vec!["routes", name, "candidate"];
+                path.extend(p.key.iter().map(String::as_str));
+                self.report(&path, p.message);
+            }
+        }
 
         if self.problems.len() != before {
             return None;
@@ -146,7 +155,32 @@ impl<'a> Checker<'a> {
             scoring,
             rollback,
             checks,
+            index_retention,
         })
+    }
+
+    /// `index_retention`: a duration such as "24h" or "90m" (default 24 h).
+    fn index_retention(&mut self, route: &str, value: Option<&str>) -> Duration {
+        let Some(text) = value else {
+            return DEFAULT_INDEX_RETENTION;
+        };
+        match humantime::parse_duration(text) {
+            Ok(d) if d > Duration::ZERO => d,
+            Ok(_) => {
+                self.report(
+                    &["routes", route, "index_retention"],
+                    "must be longer than 0",
+                );
+                DEFAULT_INDEX_RETENTION
+            }
+            Err(e) => {
+                self.report(
+                    &["routes", route, "index_retention"],
+                    format!("must be a duration such as \"24h\" or \"90m\", got {text:?}: {e}"),
+                );
+                DEFAULT_INDEX_RETENTION
+            }
+        }
     }
 
     fn sticky_key(&mut self, path: &[&str], key: &str) -> Option<StickyKey> {
@@ -202,6 +236,7 @@ impl<'a> Checker<'a> {
             system_prompt,
             params,
             prices: raw.prices,
+            index: raw.index,
         };
         // The one validation of a release, shared with the admin API. A missing field was
         // reported above already; parameter problems are said in the table's order together

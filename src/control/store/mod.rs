@@ -13,6 +13,8 @@
 //!   by (route, id).
 //! - `samples`: each route's kept review samples per [`SampleList`], as opaque JSON documents
 //!   in order.
+//! - `indexes`: the vector indexes of embedding routes that stopped serving, keyed by (route,
+//!   name): until when each stays a rollback target, and when an operator dropped it.
 //!
 //! The schema version lives in `PRAGMA user_version`; `MIGRATIONS` lists the SQL steps that
 //! bring a file from any older version to the current one.
@@ -51,6 +53,20 @@ pub struct ReleaseRecord {
     pub created_at_ms: i64,
     /// Set when the release was rolled back. Kept forever.
     pub rolled_back: Option<RolledBack>,
+    /// The vector index built with its model (embedding routes).
+    pub index: Option<String>,
+}
+
+/// A vector index of an embedding route that stopped serving (upserted by (route, name)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRecord {
+    pub route: String,
+    pub name: String,
+    /// Until when (unix ms) it stays a rollback target; set when its last release stopped
+    /// serving (`index_retention` from then).
+    pub retained_until_ms: Option<i64>,
+    /// When an operator marked it dropped: rolling back to a release on it is refused.
+    pub dropped_at_ms: Option<i64>,
 }
 
 /// When and why a release was rolled back.
@@ -69,6 +85,8 @@ struct Definition<'a> {
     model: &'a str,
     system_prompt: Option<&'a str>,
     params: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<&'a str>,
 }
 
 impl ReleaseRecord {
@@ -81,11 +99,13 @@ impl ReleaseRecord {
             system_prompt: self.system_prompt.clone(),
             params: self.params.clone(),
             prices: self.prices,
+            index: self.index.clone(),
         }
     }
 
     /// Canonical JSON of what defines the release's behaviour: upstream, model, system_prompt,
-    /// params (serde_json maps are key-sorted, so equal definitions give equal strings).
+    /// params, and the index when there is one (serde_json maps are key-sorted, so equal
+    /// definitions give equal strings).
     /// Label and prices are metadata and not part of it.
     pub fn definition(&self) -> String {
         let definition = Definition {
@@ -93,6 +113,7 @@ impl ReleaseRecord {
             model: &self.model,
             system_prompt: self.system_prompt.as_deref(),
             params: &self.params,
+            index: self.index.as_deref(),
         };
         // Cannot fail: only strings and a JSON map with string keys are serialized.
         serde_json::to_string(&definition).unwrap_or_default()
@@ -140,7 +161,7 @@ pub struct EventRecord {
 }
 
 /// Everything one change writes, applied in ONE transaction (all or nothing), in this order:
-/// new releases, rollbacks, revivals, the route, the events.
+/// new releases, rollbacks, revivals, the route, the indexes, the events.
 #[derive(Debug, Clone, Default)]
 pub struct Transition {
     /// Inserted; (route, version) must be new.
@@ -154,6 +175,8 @@ pub struct Transition {
     pub revived: Vec<ReleaseKey>,
     /// Appended to the event log.
     pub events: Vec<EventRecord>,
+    /// Upserted by (route, name): indexes that stopped serving or were dropped.
+    pub indexes: Vec<IndexRecord>,
 }
 
 /// The lists of review documents kept per route.
@@ -193,6 +216,8 @@ pub struct Loaded {
     pub routes: Vec<RouteRecord>,
     /// All routes' releases, ordered by (route, version).
     pub releases: Vec<ReleaseRecord>,
+    /// Every route's retired or dropped vector indexes, ordered by (route, name).
+    pub indexes: Vec<IndexRecord>,
 }
 
 /// Why a store operation failed. A failed operation has changed nothing.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
 
 use super::{
-    EventRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, SampleList, Store,
+    EventRecord, IndexRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, SampleList, Store,
     StoreError, Transition,
 };
 use crate::domain::{Phase, Prices, Trigger, UnknownName};
@@ -72,16 +72,28 @@ CREATE TABLE samples (
     doc      TEXT    NOT NULL,
     PRIMARY KEY (route, kind, position)
 ) STRICT;
+",
+    // Embedding routes: each release's vector index, and the indexes that stopped serving
+    // (their retention and whether an operator dropped them).
+    "
+ALTER TABLE releases ADD COLUMN index_name TEXT;
+CREATE TABLE indexes (
+    route             TEXT    NOT NULL,
+    name              TEXT    NOT NULL,
+    retained_until_ms INTEGER,
+    dropped_at_ms     INTEGER,
+    PRIMARY KEY (route, name)
+) STRICT;
 "];
 
 const INSERT_RELEASE: &str = "INSERT INTO releases (route, version, label, upstream, model, \
      system_prompt, params, price_prompt, price_completion, created_at_ms, rolled_back_at_ms, \
-     rolled_back_trigger, rolled_back_reason) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+     rolled_back_trigger, rolled_back_reason, index_name) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
      ON CONFLICT (route, version) DO NOTHING";
 const SELECT_RELEASES: &str = "SELECT route, version, label, upstream, model, system_prompt, \
      params, price_prompt, price_completion, created_at_ms, rolled_back_at_ms, \
-     rolled_back_trigger, rolled_back_reason FROM releases ORDER BY route, version";
+     rolled_back_trigger, rolled_back_reason, index_name FROM releases ORDER BY route, version";
 const SET_ROLLED_BACK: &str = "UPDATE releases SET rolled_back_at_ms = ?3, \
      rolled_back_trigger = ?4, rolled_back_reason = ?5 WHERE route = ?1 AND version = ?2";
 const CLEAR_ROLLED_BACK: &str = "UPDATE releases SET rolled_back_at_ms = NULL, \
@@ -97,6 +109,11 @@ const INSERT_EVENT: &str = "INSERT INTO events (route, at_ms, kind, from_version
      phase, share, triggered_by, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const SELECT_EVENTS: &str = "SELECT id, route, at_ms, kind, from_version, to_version, phase, \
      share, triggered_by, reason FROM events WHERE route = ?1 ORDER BY id DESC LIMIT ?2";
+const UPSERT_INDEX: &str = "INSERT INTO indexes (route, name, retained_until_ms, dropped_at_ms) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (route, name) DO UPDATE SET \
+     retained_until_ms = excluded.retained_until_ms, dropped_at_ms = excluded.dropped_at_ms";
+const SELECT_INDEXES: &str =
+    "SELECT route, name, retained_until_ms, dropped_at_ms FROM indexes ORDER BY route, name";
 const DELETE_SAMPLES: &str = "DELETE FROM samples WHERE route = ?1 AND kind = ?2";
 const INSERT_SAMPLE: &str =
     "INSERT INTO samples (route, kind, position, doc) VALUES (?1, ?2, ?3, ?4)";
@@ -298,7 +315,22 @@ impl Store for SqliteStore {
         while let Some(row) = rows.next()? {
             releases.push(release_from_row(row)?);
         }
-        Ok(Loaded { routes, releases })
+        let mut indexes = Vec::new();
+        let mut stmt = self.conn.prepare_cached(SELECT_INDEXES)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            indexes.push(IndexRecord {
+                route: row.get(0)?,
+                name: row.get(1)?,
+                retained_until_ms: row.get(2)?,
+                dropped_at_ms: row.get(3)?,
+            });
+        }
+        Ok(Loaded {
+            routes,
+            releases,
+            indexes,
+        })
     }
 
     fn commit(&mut self, t: &Transition) -> Result<(), StoreError> {
@@ -336,6 +368,12 @@ impl Store for SqliteStore {
                 r.candidate,
                 r.updated_at_ms
             ])?;
+        }
+        {
+            let mut stmt = tx.prepare_cached(UPSERT_INDEX)?;
+            for i in &t.indexes {
+                stmt.execute(params![i.route, i.name, i.retained_until_ms, i.dropped_at_ms])?;
+            }
         }
         {
             let mut stmt = tx.prepare_cached(INSERT_EVENT)?;
@@ -438,7 +476,8 @@ fn insert_releases(tx: &Transaction<'_>, releases: &[ReleaseRecord]) -> Result<(
             r.created_at_ms,
             rolled_back_at,
             trigger,
-            reason
+            reason,
+            r.index
         ])?;
         if inserted == 0 {
             return Err(StoreError::Conflict {
@@ -508,6 +547,7 @@ fn release_from_row(row: &Row<'_>) -> Result<ReleaseRecord, StoreError> {
         prices,
         created_at_ms: row.get(9)?,
         rolled_back,
+        index: row.get(13)?,
         route,
         version,
     })

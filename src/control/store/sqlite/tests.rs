@@ -27,6 +27,7 @@ fn release(route: &str, version: u32) -> ReleaseRecord {
         prices: None,
         created_at_ms: 1_700_000_000_000 + i64::from(version),
         rolled_back: None,
+        index: None,
     }
 }
 
@@ -147,7 +148,7 @@ fn open_creates_file_and_schema_in_nested_directory() {
         .unwrap();
     assert_eq!(
         tables,
-        ["events", "releases", "routes", "samples", "sqlite_sequence"]
+        ["events", "indexes", "releases", "routes", "samples", "sqlite_sequence"]
     );
     assert_eq!(store.load().unwrap(), Loaded::default());
 }
@@ -180,6 +181,7 @@ fn commit_then_load_round_trips() {
     let mut expected = Loaded {
         routes: vec![route_state("bot", 1, Some(2))],
         releases: t.new_releases.clone(),
+        indexes: Vec::new(),
     };
     assert_eq!(store.load().unwrap(), expected);
 
@@ -267,6 +269,7 @@ fn rejected_transition_applies_nothing() {
                 revived: vec![key("bot", 2)],
                 route: Some(nan_share),
                 events: vec![event("bot", "published", Some(3))],
+                indexes: Vec::new(),
             },
             |e| matches!(e, StoreError::Sql(_)),
         ),
@@ -636,4 +639,56 @@ fn a_removed_or_replaced_file_is_noticed_before_any_write() {
         base().route.into_iter().collect::<Vec<_>>()
     );
     store.commit(&later).unwrap();
+}
+
+#[test]
+fn indexes_round_trip_and_a_version_1_file_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // A file as the first schema left it, with one release.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(super::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO releases (route, version, upstream, model, params, created_at_ms) \
+             VALUES ('bot', 1, 'openai', 'm-1', '{}', 5)",
+            [],
+        )
+        .unwrap();
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.releases[0].index, None);
+    assert!(loaded.indexes.is_empty());
+    let mut embed = release("docs", 1);
+    embed.index = Some("docs-small".into());
+    let kept = IndexRecord {
+        route: "docs".into(),
+        name: "docs-small".into(),
+        retained_until_ms: Some(42),
+        dropped_at_ms: None,
+    };
+    let t = Transition {
+        new_releases: vec![embed.clone()],
+        route: Some(route_state("docs", 1, None)),
+        indexes: vec![kept.clone()],
+        ..Transition::default()
+    };
+    store.commit(&t).unwrap();
+    // Upserted by (route, name).
+    let dropped = IndexRecord {
+        dropped_at_ms: Some(50),
+        ..kept
+    };
+    store
+        .commit(&Transition {
+            indexes: vec![dropped.clone()],
+            ..Transition::default()
+        })
+        .unwrap();
+    drop(store);
+    let loaded = SqliteStore::open(&path).unwrap().load().unwrap();
+    assert_eq!(loaded.releases.iter().find(|r| r.route == "docs"), Some(&embed));
+    assert_eq!(loaded.indexes, vec![dropped]);
 }
