@@ -316,6 +316,7 @@ fn release(system_prompt: Option<&str>) -> Release {
             .cloned()
             .unwrap_or_default(),
         prices: None,
+        index: None,
     };
     Release::new(1, &spec, upstream)
 }

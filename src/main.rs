@@ -70,6 +70,8 @@ enum Cmd {
     },
     /// Make a promoted candidate the new stable.
     Finalize { route: String },
+    /// Embedding routes: mark a vector index dropped (rolling back onto it is then refused).
+    DropIndex { route: String, index: String },
     /// A simulated LLM upstream (OpenAI and Anthropic shapes), for tests and benchmarks.
     #[cfg(feature = "sim")]
     #[command(hide = true)]
@@ -113,5 +115,6 @@ fn main() -> ExitCode {
             admin_command(AdminCall::Rollback { route, to, reason })
         }
         Cmd::Finalize { route } => admin_command(AdminCall::Finalize { route }),
+        Cmd::DropIndex { route, index } => admin_command(AdminCall::DropIndex { route, index }),
     }
 }

@@ -39,6 +39,7 @@ fn release(prompt: Option<&str>) -> Release {
         system_prompt: prompt.map(str::to_owned),
         params: json!({"temperature": 0.2}).as_object().cloned().unwrap(),
         prices: None,
+        index: None,
     };
     Release::new(1, &spec, upstream)
 }

@@ -13,11 +13,12 @@ pub enum EmbeddingSpace {
     /// [`embed`](crate::embed) itself.
     #[default]
     Base,
-    /// [`embed`](crate::embed) followed by a fixed orthogonal transform drawn from `seed` (a
-    /// signed permutation of the coordinates and three Householder reflections): vectors that
-    /// cannot be compared with the base model's (their cosine with the base vector of the same
-    /// text is near 0), yet every pairwise cosine, and so every neighbourhood, is the base
-    /// model's at the same dimensions.
+    /// [`embed`](crate::embed) at 64 dimensions, set into the requested dimensions (zeros
+    /// added, or cut to a projection when fewer are asked for) and turned by a fixed orthogonal
+    /// transform drawn from `seed` (a signed permutation of the coordinates and three
+    /// Householder reflections): vectors that cannot be compared with the base model's (their
+    /// cosine with the base vector of the same text is near 0), yet at 64 dimensions or more
+    /// every pairwise cosine, and so every neighbourhood, is the base model's at 64.
     Rotated {
         /// Picks the transform.
         seed: u64,
@@ -34,13 +35,22 @@ pub enum EmbeddingSpace {
 pub fn embed_in(space: EmbeddingSpace, text: &str, dims: usize) -> Vec<f32> {
     match space {
         EmbeddingSpace::Base => embed(text, dims),
-        EmbeddingSpace::Rotated { seed } => rotate(&embed(text, dims), seed),
+        EmbeddingSpace::Rotated { seed } => {
+            let mut base = embed(text, ROTATED_BASE_DIMS);
+            base.resize(dims.max(ROTATED_BASE_DIMS), 0.0);
+            let mut turned = rotate(&base, seed);
+            turned.truncate(dims);
+            turned
+        }
         EmbeddingSpace::Truncated { chars } => {
             let cut: String = text.chars().take(chars).collect();
             embed(&cut, dims)
         }
     }
 }
+
+/// The dimensions a [`EmbeddingSpace::Rotated`] model embeds at before its transform.
+const ROTATED_BASE_DIMS: usize = 64;
 
 /// A deterministic stream of numbers in [-1, 1) from `state`.
 fn next(state: &mut u64) -> f64 {
@@ -107,13 +117,25 @@ mod tests {
         let base: Vec<Vec<f32>> = TEXTS.iter().map(|t| embed(t, 64)).collect();
         let rotated: Vec<Vec<f32>> = TEXTS.iter().map(|t| embed_in(space, t, 64)).collect();
         for i in 0..TEXTS.len() {
-            assert!(cosine(&base[i], &rotated[i]).abs() < 0.5, "same text, other space");
+            assert!(
+                cosine(&base[i], &rotated[i]).abs() < 0.5,
+                "same text, other space"
+            );
             for j in 0..TEXTS.len() {
                 let (a, b) = (cosine(&base[i], &base[j]), cosine(&rotated[i], &rotated[j]));
                 assert!((a - b).abs() < 1e-4, "{i},{j}: {a} vs {b}");
             }
         }
         assert_eq!(rotated[0], embed_in(space, TEXTS[0], 64), "deterministic");
+        // At more dimensions: another length of vector, the same neighbourhoods.
+        let wide: Vec<Vec<f32>> = TEXTS.iter().map(|t| embed_in(space, t, 96)).collect();
+        assert_eq!(wide[0].len(), 96);
+        for i in 0..TEXTS.len() {
+            for j in 0..TEXTS.len() {
+                let (a, b) = (cosine(&base[i], &base[j]), cosine(&wide[i], &wide[j]));
+                assert!((a - b).abs() < 1e-4, "{i},{j}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -33,7 +33,8 @@ use crate::control::{
     AlertEffect, Change, ChangeError, Command, Refused, RouteView, SampleOrder, StoreStatus,
 };
 use crate::domain::{
-    cut, full, index_name_problem, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger, MAX_REASON_BYTES,
+    cut, full, index_name_problem, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger,
+    MAX_REASON_BYTES,
 };
 use crate::metrics::Metrics;
 use crate::proxy::{error_response, text_response};

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::admin::AdminClient;
 use crate::config::Config;
-use crate::domain::{route_name_problem, share_problem};
+use crate::domain::{index_name_problem, route_name_problem, share_problem};
 use crate::server::{run, Listeners};
 
 #[cfg(feature = "sim")]
@@ -192,6 +192,11 @@ pub enum AdminCall {
     Finalize {
         route: String,
     },
+    /// Marks an embedding route's vector index dropped.
+    DropIndex {
+        route: String,
+        index: String,
+    },
 }
 
 impl AdminCall {
@@ -202,7 +207,8 @@ impl AdminCall {
             AdminCall::History { route, .. }
             | AdminCall::Promote { route, .. }
             | AdminCall::Rollback { route, .. }
-            | AdminCall::Finalize { route } => Some(route),
+            | AdminCall::Finalize { route }
+            | AdminCall::DropIndex { route, .. } => Some(route),
         }
     }
 
@@ -216,6 +222,9 @@ impl AdminCall {
             AdminCall::Promote {
                 share: Some(share), ..
             } => share_problem(*share).map(|p| format!("--share {p}")),
+            AdminCall::DropIndex { index, .. } => {
+                index_name_problem(index).map(|p| format!("index {p}"))
+            }
             _ => None,
         }
     }
@@ -260,6 +269,11 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
             client.change(route, "rollback", body).await
         }
         AdminCall::Finalize { route } => client.change(route, "finalize", json!({})).await,
+        // Index names hold only characters that need no escaping in a path.
+        AdminCall::DropIndex { route, index } => {
+            let action = format!("indexes/{index}/drop");
+            client.change(route, &action, json!({})).await
+        }
     }
     .map_err(|e| e.to_string())?;
     Ok(match call {
@@ -268,13 +282,60 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
                 pretty(&v)
             } else {
                 let routes = v["routes"].as_array().map_or(&[][..], Vec::as_slice);
-                status_table(routes) + &store_notes(routes)
+                status_table(routes) + &store_notes(routes) + &index_notes(routes)
             }
         }
         AdminCall::Status { json: true, .. } | AdminCall::History { json: true, .. } => pretty(&v),
         AdminCall::History { .. } => history_table(&v),
-        _ => status_table(std::slice::from_ref(&v)) + &store_notes(std::slice::from_ref(&v)),
+        _ => {
+            let one = std::slice::from_ref(&v);
+            status_table(one) + &store_notes(one) + &index_notes(one)
+        }
     })
+}
+
+/// Embedding routes: the index serving, and for each index that stopped serving whether it is
+/// still a rollback target and for how long (the `index_retention` countdown).
+fn index_notes(routes: &[Value]) -> String {
+    let mut out = String::new();
+    for r in routes {
+        let name = r["name"].as_str().unwrap_or("");
+        if let Some(index) = r["index"].as_str() {
+            out.push_str(&format!("\n{name}: serving index {index}"));
+        }
+        for i in r["indexes"].as_array().into_iter().flatten() {
+            let index = i["name"].as_str().unwrap_or("");
+            let releases: Vec<String> = i["releases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| format!("#{v}"))
+                .collect();
+            let releases = releases.join(", ");
+            let until = i["retained_until"].as_str().unwrap_or("?");
+            let line = match i["state"].as_str().unwrap_or("") {
+                "retained" => {
+                    let left = std::time::Duration::from_secs(
+                        i["retention_left_secs"].as_u64().unwrap_or(0),
+                    );
+                    format!(
+                        "index {index} ({releases}) retained: rollback target for {} more (until {until})",
+                        humantime::format_duration(left)
+                    )
+                }
+                "expired" => format!(
+                    "index {index} ({releases}) retention ended at {until}: no longer a rollback target"
+                ),
+                "dropped" => format!(
+                    "index {index} ({releases}) dropped at {}: no longer a rollback target",
+                    i["dropped_at"].as_str().unwrap_or("?")
+                ),
+                _ => continue,
+            };
+            out.push_str(&format!("\n{name}: {line}"));
+        }
+    }
+    out
 }
 
 /// A warning for each route whose store is failing, and for a change that is in effect but not

@@ -164,7 +164,10 @@ pub fn drop_index(
             "route {route} has no index named {name:?}"
         )));
     }
-    for (role, version) in [("stable", Some(h.record.stable)), ("candidate", h.record.candidate)] {
+    for (role, version) in [
+        ("stable", Some(h.record.stable)),
+        ("candidate", h.record.candidate),
+    ] {
         let Some(v) = version else { continue };
         if index_of(h, None, v) == Some(name) {
             return Err(Refused::Conflict(format!(
@@ -306,7 +309,7 @@ mod tests {
             }],
             indexes: Vec::new(),
         };
-        let mut step = |h: &mut RouteHistory, t: Transition, now: i64| {
+        let step = |h: &mut RouteHistory, t: Transition, now: i64| {
             let mut t = t;
             t.indexes = retired(h, &t, now, Duration::from_secs(24 * 3600));
             h.apply(&t);
@@ -334,7 +337,10 @@ mod tests {
         // Within retention a rollback to #1 is allowed; after it, refused with the reason.
         assert!(rollback_refusal(&h, 1, 10 + HOUR).is_none());
         let refused = rollback_refusal(&h, 1, 11 + 24 * HOUR).unwrap().to_string();
-        assert!(refused.contains("retention (index_retention) ended"), "{refused}");
+        assert!(
+            refused.contains("retention (index_retention) ended"),
+            "{refused}"
+        );
         assert_eq!(views(&h, 11 + 24 * HOUR)[0].state, IndexState::Expired);
     }
 
@@ -365,7 +371,9 @@ mod tests {
     #[test]
     fn rolling_back_to_the_old_stable_retires_the_new_index() {
         let h = history();
-        let mut t = rollback(&h, Some(1), Trigger::Manual, "back", 50).unwrap().unwrap();
+        let mut t = rollback(&h, Some(1), Trigger::Manual, "back", 50)
+            .unwrap()
+            .unwrap();
         t.indexes = retired(&h, &t, 50, Duration::from_secs(60));
         assert_eq!(t.indexes.len(), 1);
         assert_eq!(t.indexes[0].name, "docs-large");

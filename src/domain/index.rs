@@ -52,9 +52,8 @@ pub fn index_name_problem(name: &str) -> Option<String> {
         ));
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
-    (!name.chars().all(ok)).then(|| {
-        format!("{name:?} may only hold letters, digits, '-', '_', '.' and ':'")
-    })
+    (!name.chars().all(ok))
+        .then(|| format!("{name:?} may only hold letters, digits, '-', '_', '.' and ':'"))
 }
 
 /// The problems of an embedding release's own fields: its index name, and `params.dimensions`
@@ -68,7 +67,7 @@ pub fn index_problems(spec: &ReleaseSpec) -> Vec<ReleaseProblem> {
         out.push(ReleaseProblem::new(&["index"], problem));
     }
     if let Some(d) = spec.params.get("dimensions") {
-        if !d.as_u64().is_some_and(|n| n >= 1) {
+        if d.as_u64().is_none_or(|n| n < 1) {
             out.push(ReleaseProblem::new(
                 &["params", "dimensions"],
                 format!("must be a positive integer, got {d}"),
@@ -175,7 +174,10 @@ mod tests {
             &spec("embed-small-1", Some(256), Some("docs-small")),
             [("stable", &stable)],
         ));
-        assert!(got[0].contains("embed-small-1 at 256 dimensions"), "{got:?}");
+        assert!(
+            got[0].contains("embed-small-1 at 256 dimensions"),
+            "{got:?}"
+        );
         // An older release's index binds as well.
         let old = spec("embed-old-1", None, Some("docs-old"));
         assert_eq!(
@@ -213,7 +215,8 @@ mod tests {
         assert!(index_name_problem("has space").is_some());
         assert!(index_name_problem(&"x".repeat(129)).is_some());
         let mut s = spec("m-1", None, Some("i"));
-        s.params.insert("dimensions".into(), serde_json::json!("big"));
+        s.params
+            .insert("dimensions".into(), serde_json::json!("big"));
         assert_eq!(
             said(&index_problems(&s)),
             ["params.dimensions: must be a positive integer, got \"big\""]

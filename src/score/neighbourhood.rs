@@ -35,14 +35,20 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return 0.0;
     }
-    a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum()
 }
 
 /// `v` scaled to unit length (all zeros stays all zeros).
 pub fn normalized(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     if norm > 0.0 && norm.is_finite() {
-        #[expect(clippy::cast_possible_truncation, reason = "f32 is the vectors' precision")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "f32 is the vectors' precision"
+        )]
         v.iter().map(|x| (f64::from(*x) / norm) as f32).collect()
     } else {
         vec![0.0; v.len()]
@@ -356,7 +362,10 @@ mod tests {
             },
             false,
         );
-        assert_eq!((s.combined, s.neighbourhood, s.knn), (0.0, Some(0.0), Some(0.1)));
+        assert_eq!(
+            (s.combined, s.neighbourhood, s.knn),
+            (0.0, Some(0.0), Some(0.1))
+        );
         let s = Score::of_agreement(
             Agreement {
                 spearman: 0.9,

@@ -12,10 +12,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Upstream;
-use crate::score::Windows;
 use crate::config::{
     Check, JudgeConfig, RollbackConfig, RouteConfig, ScoringConfig, SemanticConfig, ShadowConfig,
 };
+use crate::score::Windows;
 
 /// Why the budget refused a mirror (the `outcome` label of `understudy_shadow_requests_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,13 +16,14 @@ use std::time::Duration;
 use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
 
 use super::{
-    EventRecord, IndexRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, SampleList, Store,
-    StoreError, Transition,
+    EventRecord, IndexRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord,
+    SampleList, Store, StoreError, Transition,
 };
 use crate::domain::{Phase, Prices, Trigger, UnknownName};
 
 /// The schema, as steps: step `i` takes `user_version` from `i` to `i + 1`. Append, never edit.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE releases (
     route               TEXT    NOT NULL,
     version             INTEGER NOT NULL CHECK (version >= 1),
@@ -84,7 +85,8 @@ CREATE TABLE indexes (
     dropped_at_ms     INTEGER,
     PRIMARY KEY (route, name)
 ) STRICT;
-"];
+",
+];
 
 const INSERT_RELEASE: &str = "INSERT INTO releases (route, version, label, upstream, model, \
      system_prompt, params, price_prompt, price_completion, created_at_ms, rolled_back_at_ms, \
@@ -372,7 +374,12 @@ impl Store for SqliteStore {
         {
             let mut stmt = tx.prepare_cached(UPSERT_INDEX)?;
             for i in &t.indexes {
-                stmt.execute(params![i.route, i.name, i.retained_until_ms, i.dropped_at_ms])?;
+                stmt.execute(params![
+                    i.route,
+                    i.name,
+                    i.retained_until_ms,
+                    i.dropped_at_ms
+                ])?;
             }
         }
         {

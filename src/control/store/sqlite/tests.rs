@@ -148,7 +148,14 @@ fn open_creates_file_and_schema_in_nested_directory() {
         .unwrap();
     assert_eq!(
         tables,
-        ["events", "indexes", "releases", "routes", "samples", "sqlite_sequence"]
+        [
+            "events",
+            "indexes",
+            "releases",
+            "routes",
+            "samples",
+            "sqlite_sequence"
+        ]
     );
     assert_eq!(store.load().unwrap(), Loaded::default());
 }
@@ -689,6 +696,9 @@ fn indexes_round_trip_and_a_version_1_file_migrates() {
         .unwrap();
     drop(store);
     let loaded = SqliteStore::open(&path).unwrap().load().unwrap();
-    assert_eq!(loaded.releases.iter().find(|r| r.route == "docs"), Some(&embed));
+    assert_eq!(
+        loaded.releases.iter().find(|r| r.route == "docs"),
+        Some(&embed)
+    );
     assert_eq!(loaded.indexes, vec![dropped]);
 }
