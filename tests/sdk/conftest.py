@@ -64,6 +64,22 @@ model = "sim-claude-20241022"
 [routes.claude-bot.candidate]
 upstream = "claude"
 model = "sim-claude-20250219"
+
+[routes.docs-embed]
+model = "docs-embed"
+phase = "shadow"
+share = 1.0
+
+[routes.docs-embed.stable]
+upstream = "sim"
+model = "sim-embed-small-2026-01"
+index = "docs-small"
+
+[routes.docs-embed.candidate]
+upstream = "sim"
+model = "sim-embed-large-2026-06"
+params = {{ dimensions = 96 }}
+index = "docs-large"
 """
 
 
