@@ -181,6 +181,38 @@ fn delivered_example_config_loads() {
         Path::new(BASE_DIR).join("data/understudy.db")
     );
     assert_eq!(config.default_upstream, "openai");
+    let embed = &config.routes["docs-embed"];
+    assert_eq!(embed.index_retention, Duration::from_secs(24 * 3600));
+    assert_eq!(embed.stable.index.as_deref(), Some("docs-3small-2026-06"));
+}
+
+#[test]
+fn embedding_routes_are_checked_with_their_keys() {
+    let text = |retention: &str, candidate: &str| {
+        format!(
+            "[upstreams.u]\nbase_url = \"http://localhost:1\"\n\
+             [routes.e]\nmodel = \"e\"\nphase = \"shadow\"\nindex_retention = \"{retention}\"\n\
+             [routes.e.stable]\nupstream = \"u\"\nmodel = \"small-1\"\nindex = \"docs-small\"\n\
+             [routes.e.candidate]\nupstream = \"u\"\n{candidate}\n"
+        )
+    };
+    let problems = |t: String| -> Vec<String> {
+        parse(&t)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert!(parse(&text("90m", "model = \"large-1\"\nindex = \"docs-large\"")).is_ok());
+    let said = problems(text("soon", "model = \"large-1\"\nindex = \"docs-small\""));
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[0].contains("routes.e.index_retention"), "{said:?}");
+    assert!(said[1].contains("routes.e.candidate.index: index \"docs-small\" holds vectors of small-1"), "{said:?}");
+    let said = problems(text("1h", "model = \"large-1\"\nindex = \"a b\"\nparams = { dimensions = 0 }"));
+    assert!(said.iter().any(|s| s.contains("routes.e.candidate.index")), "{said:?}");
+    assert!(said.iter().any(|s| s.contains("routes.e.candidate.params.dimensions")), "{said:?}");
+    let said = problems(text("1h", "model = \"large-1\""));
+    assert!(said[0].contains("routes.e.candidate.index: is required"), "{said:?}");
 }
 
 #[test]
