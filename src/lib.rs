@@ -49,7 +49,7 @@ pub use server::{run, run_with_store, Listeners, ServerError};
 /// SQLite one to make writes fail on demand.
 pub mod store {
     pub use crate::control::{
-        EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition,
+        EventRecord, IndexRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition,
     };
 }
 

@@ -526,6 +526,14 @@ mod tests {
                 AdminCall::Finalize { route: "a b".into() },
                 Some("route name \"a b\" must be non-empty and use only letters, digits, '_', '.' and '-' (it becomes a metric label)"),
             ),
+            (
+                AdminCall::DropIndex { route: "docs".into(), index: "docs-small".into() },
+                None,
+            ),
+            (
+                AdminCall::DropIndex { route: "docs".into(), index: "../x".into() },
+                Some("index \"../x\" may only hold letters, digits, '-', '_', '.' and ':'"),
+            ),
         ];
         for (call, expected) in cases {
             assert_eq!(call.problem().as_deref(), expected);
@@ -568,6 +576,29 @@ mod tests {
         );
         let bare = status_table(&[json!({"name": "r", "scorers": []})]);
         assert!(bare.lines().nth(1).unwrap().ends_with('-'), "{bare}");
+    }
+
+    #[test]
+    fn embedding_routes_show_their_indexes_and_the_retention_countdown() {
+        let route = json!({"name": "docs", "index": "docs-large", "indexes": [
+            {"name": "docs-old", "state": "dropped", "releases": [1], "dropped_at": "2026-11-01T00:00:00.000Z"},
+            {"name": "docs-small", "state": "retained", "releases": [2, 3], "retention_left_secs": 5400,
+             "retained_until": "2026-11-30T12:00:00.000Z"},
+            {"name": "docs-mid", "state": "expired", "releases": [4], "retained_until": "2026-11-29T00:00:00.000Z"},
+            {"name": "docs-large", "state": "serving", "releases": [5]},
+        ]});
+        let notes = index_notes(&[route]);
+        let lines: Vec<&str> = notes.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines,
+            [
+                "docs: serving index docs-large",
+                "docs: index docs-old (#1) dropped at 2026-11-01T00:00:00.000Z: no longer a rollback target",
+                "docs: index docs-small (#2, #3) retained: rollback target for 1h 30m more (until 2026-11-30T12:00:00.000Z)",
+                "docs: index docs-mid (#4) retention ended at 2026-11-29T00:00:00.000Z: no longer a rollback target",
+            ]
+        );
+        assert_eq!(index_notes(&[json!({"name": "bot"})]), "");
     }
 
     #[test]

@@ -207,12 +207,28 @@ fn embedding_routes_are_checked_with_their_keys() {
     let said = problems(text("soon", "model = \"large-1\"\nindex = \"docs-small\""));
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(said[0].contains("routes.e.index_retention"), "{said:?}");
-    assert!(said[1].contains("routes.e.candidate.index: index \"docs-small\" holds vectors of small-1"), "{said:?}");
-    let said = problems(text("1h", "model = \"large-1\"\nindex = \"a b\"\nparams = { dimensions = 0 }"));
-    assert!(said.iter().any(|s| s.contains("routes.e.candidate.index")), "{said:?}");
-    assert!(said.iter().any(|s| s.contains("routes.e.candidate.params.dimensions")), "{said:?}");
+    assert!(
+        said[1].contains("routes.e.candidate.index: index \"docs-small\" holds vectors of small-1"),
+        "{said:?}"
+    );
+    let said = problems(text(
+        "1h",
+        "model = \"large-1\"\nindex = \"a b\"\nparams = { dimensions = 0 }",
+    ));
+    assert!(
+        said.iter().any(|s| s.contains("routes.e.candidate.index")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|s| s.contains("routes.e.candidate.params.dimensions")),
+        "{said:?}"
+    );
     let said = problems(text("1h", "model = \"large-1\""));
-    assert!(said[0].contains("routes.e.candidate.index: is required"), "{said:?}");
+    assert!(
+        said[0].contains("routes.e.candidate.index: is required"),
+        "{said:?}"
+    );
 }
 
 #[test]

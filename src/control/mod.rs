@@ -43,7 +43,9 @@ pub use views::RouteView;
 
 pub use durability::StoreStatus;
 pub use lifecycle::Refused;
-pub use store::{EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition};
+pub use store::{
+    EventRecord, IndexRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition,
+};
 
 /// How often kept review samples are written to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);

@@ -24,7 +24,8 @@ pub fn score(
     second: Option<&Observation>,
 ) -> Option<EmbeddingScores> {
     let reference_vectors = &reference.embeddings.vectors;
-    if reference.failure.is_some() || reference_vectors.is_empty() {
+    // An answer cut at the observer's bound cannot be read: not comparable, never a failure.
+    if reference.failure.is_some() || reference_vectors.is_empty() || candidate.truncated {
         return None;
     }
     let whole = |o: &Observation| {
@@ -32,7 +33,7 @@ pub fn score(
     };
     // A candidate that failed, or answered another number of vectors than inputs, fails hard.
     let candidate_failed = !whole(candidate);
-    let second = second.filter(|s| whole(s));
+    let second = second.filter(|s| whole(s) && !s.truncated);
     let mut windows = policy
         .neighbourhood
         .lock()
