@@ -13,7 +13,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use support::*;
 use understudy::Config;
-use understudy_sim::{embed_in, Behavior, EmbeddingSpace};
+use understudy_sim::{embed_in, Behavior, EmbeddingSpace, Fault};
 
 const SMALL: &str = "embed-small-2026-01";
 const LARGE: &str = "embed-large-2026-06";
@@ -330,6 +330,29 @@ async fn a_broken_model_is_rolled_back_on_neighbourhood_disagreement() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_is_rolled_back_on_errors() {
+    let sim = sim().await;
+    sim.sim.set_behavior(
+        LARGE,
+        Behavior {
+            fault: Some(Fault::Status(500)),
+            ..Behavior::default()
+        },
+    );
+    let (server, _dir) = Server::start(&routes(LARGE, "docs-large"), &sim.url).await;
+    let v = until_judged(&server, 0, 12).await;
+    assert!(v["candidate"].is_null(), "rolled back: {v}");
+    assert_eq!(
+        server
+            .metric(r#"understudy_rollbacks_total{route="docs",trigger="errors"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(embed(&server, 0).await, "docs-small");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_guard_refuses_a_new_model_on_the_old_index() {
     // The configuration file.
@@ -417,6 +440,15 @@ async fn a_rollback_onto_a_dropped_index_is_refused() {
         "{message}"
     );
     assert_eq!(embed(&server, 0).await, "docs-large", "nothing changed");
+    // An upstream error on an embedding route names the index too.
+    let r = post(
+        &format!("{}/v1/embeddings", server.proxy),
+        &json!({"model": "docs-embed", "input": "x"}),
+        &[("x-sim-fault", "500")],
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("x-understudy-index"), Some("docs-large"));
     let events = view(&server).await["events"].clone();
     assert!(
         events

@@ -65,3 +65,66 @@ pub fn score(
         noise: noise.map(|a| Score::of_agreement(a, false)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::Failure;
+
+    fn policy() -> RoutePolicy {
+        let text = "[upstreams.u]\nbase_url = \"http://127.0.0.1:1\"\n[routes.e]\nmodel = \"e\"\n\
+                    [routes.e.stable]\nupstream = \"u\"\nmodel = \"m-1\"\nindex = \"i\"\n";
+        let config = crate::config::Config::parse(text, std::path::Path::new(".")).unwrap();
+        RoutePolicy::new(&config.routes["e"], &std::collections::HashMap::new())
+    }
+
+    /// An answer of one vector per input `i` in `inputs`: a point on the circle at angle i.
+    fn answer(inputs: &[usize], turn: f32) -> Observation {
+        let vectors = inputs
+            .iter()
+            .map(|i| {
+                let a = *i as f32 * 0.7 + turn;
+                vec![a.cos(), a.sin()]
+            })
+            .collect();
+        let mut answer = Observation {
+            status: 200,
+            ..Observation::default()
+        };
+        answer.embeddings.vectors = vectors;
+        answer
+    }
+
+    #[test]
+    fn the_window_fills_then_scores_and_failures_score_zero() {
+        let p = policy();
+        let mut scored = None;
+        for i in 0..4 {
+            let inputs = [2 * i, 2 * i + 1];
+            // The candidate: the same arrangement turned by 1 radian (another space).
+            let s = score(&p, (1, 2), &answer(&inputs, 0.0), &answer(&inputs, 1.0), None).unwrap();
+            assert_eq!(s.candidate.is_some(), i == 3, "8 inputs are needed, at {i}");
+            scored = s.candidate;
+        }
+        let scored = scored.unwrap();
+        assert!(scored.combined > 0.99, "{scored:?}");
+        // Stable asked twice: the noise floor.
+        let s = score(&p, (1, 2), &answer(&[9], 0.0), &answer(&[9], 1.0), Some(&answer(&[9], 0.0)))
+            .unwrap();
+        assert!(s.noise.is_none(), "the noise window starts empty");
+        // A failed candidate, or one vector short, is a hard failure at once.
+        let failed = Observation::failed(Failure::Status(500));
+        let s = score(&p, (1, 2), &answer(&[1], 0.0), &failed, None).unwrap();
+        assert_eq!(s.candidate.unwrap().combined, 0.0);
+        let s = score(&p, (1, 2), &answer(&[1, 2], 0.0), &answer(&[1], 0.0), None).unwrap();
+        assert!(s.candidate.unwrap().hard_failure.is_some());
+        // Nothing to compare: stable failed, or an answer was cut at the bound.
+        assert!(score(&p, (1, 2), &failed, &answer(&[1], 0.0), None).is_none());
+        let mut cut = answer(&[1], 0.0);
+        cut.truncated = true;
+        assert!(score(&p, (1, 2), &answer(&[1], 0.0), &cut, None).is_none());
+        // A new candidate starts a new window.
+        let s = score(&p, (1, 3), &answer(&[1], 0.0), &answer(&[1], 0.0), None).unwrap();
+        assert!(s.candidate.is_none());
+    }
+}
