@@ -10,7 +10,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
 use understudy::hot_paths::{
-    finish, length, lexical, refusal, score, structure, FinishReason, Observation, Weights,
+    finish, length, lexical, refusal, score, structure, FinishReason, Observation, Weights, Windows,
 };
 
 const WORDS: [&str; 48] = [
@@ -99,5 +99,33 @@ fn scorers(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, scorers);
+/// An embedding mirror's scoring: one request's input added to a full window of 64 inputs
+/// (pairs of 1536-dimension vectors, as text-embedding-3-small gives) and the agreement of the
+/// window measured (2016 pairwise cosines per model, their ranks, the 5 nearest neighbours).
+fn neighbourhood(c: &mut Criterion) {
+    const DIMS: usize = 1536;
+    let mut rng = StdRng::seed_from_u64(16);
+    let mut vector = || -> Vec<f32> { (0..DIMS).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let inputs: Vec<(Vec<f32>, Vec<f32>)> = (0..128).map(|_| (vector(), vector())).collect();
+    let mut windows = Windows::default();
+    for (a, b) in &inputs[..64] {
+        windows
+            .of(1, 2)
+            .candidate_pairs
+            .push(std::slice::from_ref(a), std::slice::from_ref(b));
+    }
+    let mut next = inputs.iter().cycle();
+    c.bench_function("neighbourhood_64x1536", |b| {
+        b.iter(|| {
+            if let Some((a, v)) = next.next() {
+                let w = windows.of(1, 2);
+                w.candidate_pairs
+                    .push(std::slice::from_ref(a), std::slice::from_ref(v));
+                black_box(w.candidate_pairs.agreement());
+            }
+        })
+    });
+}
+
+criterion_group!(benches, scorers, neighbourhood);
 criterion_main!(benches);

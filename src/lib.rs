@@ -60,7 +60,9 @@ pub mod hot_paths {
     pub use crate::observe::{
         ApiShape, FinishReason, Observation, Observer, SseReader, StreamEnd, ToolCall,
     };
-    pub use crate::score::{finish, length, lexical, refusal, score, structure, Score, Weights};
+    pub use crate::score::{
+        finish, length, lexical, refusal, score, structure, Score, Weights, Windows,
+    };
     pub use crate::state::{Release, Upstream};
     pub use crate::upstream::{rewrite_request, ModelRewriter, RequestBody};
 }

@@ -102,15 +102,28 @@ mod tests {
         for i in 0..4 {
             let inputs = [2 * i, 2 * i + 1];
             // The candidate: the same arrangement turned by 1 radian (another space).
-            let s = score(&p, (1, 2), &answer(&inputs, 0.0), &answer(&inputs, 1.0), None).unwrap();
+            let s = score(
+                &p,
+                (1, 2),
+                &answer(&inputs, 0.0),
+                &answer(&inputs, 1.0),
+                None,
+            )
+            .unwrap();
             assert_eq!(s.candidate.is_some(), i == 3, "8 inputs are needed, at {i}");
             scored = s.candidate;
         }
         let scored = scored.unwrap();
         assert!(scored.combined > 0.99, "{scored:?}");
         // Stable asked twice: the noise floor.
-        let s = score(&p, (1, 2), &answer(&[9], 0.0), &answer(&[9], 1.0), Some(&answer(&[9], 0.0)))
-            .unwrap();
+        let s = score(
+            &p,
+            (1, 2),
+            &answer(&[9], 0.0),
+            &answer(&[9], 1.0),
+            Some(&answer(&[9], 0.0)),
+        )
+        .unwrap();
         assert!(s.noise.is_none(), "the noise window starts empty");
         // A failed candidate, or one vector short, is a hard failure at once.
         let failed = Observation::failed(Failure::Status(500));
