@@ -238,68 +238,6 @@ impl MirrorTask {
         }
     }
 
-    /// An embedding route's mirror: scored by neighbourhood agreement over the route's window
-    /// (on the blocking pool: a few milliseconds of arithmetic), then sent like any sample.
-    async fn embeddings(
-        &self,
-        reference: Observation,
-        candidate: Observation,
-        second: Option<Observation>,
-    ) {
-        let req = &self.req;
-        let candidate_release = match req.served_role {
-            Role::Stable => Arc::clone(&req.mirror),
-            Role::Candidate => Arc::clone(&req.served),
-        };
-        let versions = (req.route.stable.version, candidate_release.version);
-        let route = Arc::clone(&req.route);
-        let scored = tokio::task::spawn_blocking(move || {
-            let scores = neighbourhood::score(
-                &route.policy,
-                versions,
-                &reference,
-                &candidate,
-                second.as_ref(),
-            );
-            (reference, candidate, scores)
-        })
-        .await;
-        let Ok((reference, candidate, Some(scores))) = scored else {
-            self.outcome(&req.mirror, "unpaired");
-            return;
-        };
-        let Some(score) = scores.candidate else {
-            // The window is still filling: the inputs are kept, nothing is judged yet.
-            self.outcome(&req.mirror, "collected");
-            return;
-        };
-        let errored = score.hard_failure.is_some();
-        self.outcome(&req.mirror, if errored { "error" } else { "scored" });
-        for (name, value) in score.by_scorer() {
-            self.metrics
-                .shadow_score
-                .with_label_values(&[&req.route.name, name])
-                .observe(value);
-        }
-        let sample = Sample {
-            route: req.route.name.clone(),
-            candidate_version: candidate_release.version,
-            score,
-            candidate_error: errored,
-            noise: scores.noise,
-            request: if req.route.policy.scoring.redact_requests {
-                None
-            } else {
-                Some(req.body.clone())
-            },
-            stable_output: reference,
-            candidate_output: candidate,
-        };
-        if self.samples.try_send(sample).is_err() {
-            tracing::warn!(route = %req.route.name, "controller busy: scored sample dropped");
-        }
-    }
-
     /// The semantic similarity and the judge's score of the candidate (`.0`) and of stable's
     /// second answer (`.1`, the noise floor), each None when not configured, not applicable
     /// (an answer failed, or has no text) or failed: a scorer's failure is counted, never the
