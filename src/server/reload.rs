@@ -251,3 +251,32 @@ fn hangup_signal() -> Option<()> {
 async fn next_hangup(_: &mut Option<()>) {
     std::future::pending::<()>().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra_server: &str, log: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server}\n[upstreams.a]\nbase_url = \"http://a\"\n{log}"
+        );
+        Config::parse(&text, std::path::Path::new("/")).unwrap()
+    }
+
+    #[test]
+    fn names_the_settings_that_need_a_restart() {
+        let running = config("", "");
+        assert!(restart_required(&running, &config("", "")).is_empty());
+        assert_eq!(
+            restart_required(&running, &config("max_body_bytes = 5\n", "")),
+            ["[server]"]
+        );
+        assert_eq!(
+            restart_required(
+                &running,
+                &config("workers = 1\n", "[log]\nformat = \"json\"\n")
+            ),
+            ["[server]", "[log]"]
+        );
+    }
+}
