@@ -306,3 +306,36 @@ async fn a_stream_in_flight_completes_across_a_reload() {
     assert!(rest.contains("\"model\":\"support-bot\""), "{rest}");
     server.stop().await;
 }
+
+/// The store's state must be servable by the new file: a candidate the store keeps (the file
+/// no longer names it, which does not retire it) on an upstream the file removes is named, and
+/// nothing changes.
+#[tokio::test]
+async fn a_reload_that_strands_a_live_release_is_refused() {
+    let setup = Setup::new().await;
+    let dir = setup.path.parent().unwrap().to_str().unwrap().to_string();
+    let with_other = support::config()
+        .default_upstream("sim")
+        .upstream("other", "base_url = \"{SIM}\"")
+        .routes(&format!(
+            "[routes.bot]\nmodel = \"support-bot\"\nphase = \"promoted\"\nshare = 0.0\n\n\
+             [routes.bot.stable]\nupstream = \"sim\"\nmodel = \"{STABLE}\"\n\n\
+             [routes.bot.candidate]\nupstream = \"other\"\nmodel = \"{CANDIDATE}\"\n"
+        ))
+        .replace("{SIM}", &setup.sim.url)
+        .replace("{DIR}", &dir);
+    std::fs::write(&setup.path, with_other).unwrap();
+    let server = Binary::start(serve_command(&setup.path, &[])).await;
+    assert_eq!(served_by(&server).await, "2");
+
+    setup.write(None, "");
+    let refused = reload(&server, Some(TOKEN)).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let problems = refused.json()["problems"].to_string();
+    assert!(
+        problems.contains("routes.bot: release #2") && problems.contains("\\\"other\\\""),
+        "{problems}"
+    );
+    assert_eq!(served_by(&server).await, "2");
+    server.stop().await;
+}

@@ -42,9 +42,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Logs as key=value lines on stderr; `RUST_LOG` filters (default `info`).
+/// Logs as key=value lines on stderr (JSON with `UNDERSTUDY_LOG_FORMAT=json`); `RUST_LOG`
+/// filters (default `info`). For the commands without a config file.
 fn init_logging() {
-    logging::init(crate::config::LogFormat::Text);
+    let text = crate::config::LogFormat::Text;
+    logging::init(logging::format(text).unwrap_or(text));
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.

@@ -211,12 +211,10 @@ impl Controller {
                     report.updated.push(p.name.clone());
                 }
                 let policy = RoutePolicy::new(cfg, &next.upstreams);
-                if let Some(rt) = self.routes.get(&p.name) {
-                    policy.set_noise_samples(rt.judge.noise_samples());
-                }
                 self.settings
                     .insert(p.name.clone(), Settings::of(cfg, Arc::new(policy)));
             }
+            self.sync_noise(&p.name);
         }
         self.upstreams = next.upstreams;
         self.default_upstream = next.default_upstream;
@@ -299,12 +297,21 @@ impl Controller {
                 rt.history = p.after.clone();
                 rt.judge.reset_all();
             }
+            self.sync_noise(&p.name);
         }
         for (name, u) in upstreams {
             self.upstreams.entry(name).or_insert(u);
         }
         if let Err(e) = self.publish() {
             tracing::error!(error = %e, "snapshot not published after a failed reload");
+        }
+    }
+
+    /// Tells the route's policy how many noise samples its judge holds (0 after a new stable or
+    /// a new policy: the noise floor's warm-up starts again).
+    fn sync_noise(&self, route: &str) {
+        if let (Some(rt), Some(settings)) = (self.routes.get(route), self.settings.get(route)) {
+            settings.policy.set_noise_samples(rt.judge.noise_samples());
         }
     }
 
