@@ -227,6 +227,8 @@ for d in etc var; do mkdir -p "$T/$d-up" "$T/$d-work"; done
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work" /etc
 mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$T/var-up,workdir=$T/var-work" /var/lib
 ip link set lo up
+# An address other than loopback, as a container's interface is: the server must answer there.
+ip addr add 192.0.2.10/32 dev lo
 {setup}
 cd {workdir}
 [ "$(id -u {user})" != 0 ] || {{ echo "USER is root"; exit 1; }}
@@ -239,6 +241,9 @@ for i in $(seq 1 300); do
   sleep 0.1
 done
 echo "healthy=$healthy"
+for port in {ports}; do
+  echo "external $port: $(bash -c "exec 3<>/dev/tcp/192.0.2.10/$port && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && head -n 1 <&3" 2>&1)"
+done
 echo "store: $(stat -c '%U %a' {volume}/understudy.db 2>&1)"
 echo "volume: $(stat -c '%U %a' {volume})"
 kill -TERM "$pid" 2>/dev/null || true
@@ -251,6 +256,12 @@ cat "$T/server.log"
         volume = quote(&image.volume),
         command = command.join(" "),
         health = health.join(" "),
+        ports = image
+            .exposed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     let out = Command::new(prefix.first().copied().unwrap_or("env"))
         .args(prefix.iter().skip(1))
@@ -277,6 +288,12 @@ cat "$T/server.log"
         "the store is not the user's: {said}"
     );
     assert!(stdout.contains("exit=0"), "{said}");
+    for port in &image.exposed {
+        assert!(
+            stdout.contains(&format!("external {port}: HTTP/1.0 200")),
+            "port {port} does not answer on a non-loopback address: {said}"
+        );
+    }
     assert!(
         stdout.contains("proxy=0.0.0.0:8080") && stdout.contains("admin=0.0.0.0:8081"),
         "{said}"
