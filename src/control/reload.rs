@@ -77,7 +77,7 @@ pub enum ReloadError {
     },
 }
 
-/// Every route's history in `loaded`, by route.
+/// Every route's history in `loaded`, by route (at start and for routes a reload adds).
 pub(super) fn histories(loaded: Loaded) -> HashMap<String, RouteHistory> {
     let mut histories: HashMap<String, RouteHistory> = loaded
         .routes
@@ -100,7 +100,7 @@ pub(super) fn histories(loaded: Loaded) -> HashMap<String, RouteHistory> {
     histories
 }
 
-/// The review samples the store kept for `route`.
+/// The review samples the store kept for `route` (at start and for routes a reload adds).
 pub(super) fn restore_reviews(store: &dyn Store, route: &str) -> Result<Reviews, StoreError> {
     let list = |list: SampleList| -> Result<Vec<ReviewSample>, StoreError> {
         Ok(store

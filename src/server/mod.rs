@@ -127,6 +127,8 @@ pub async fn run_with_store(
     serve(config, listeners, secret, shutdown, store, None).await
 }
 
+/// The server on `store` until `shutdown`: what [`run`], [`run_reloading`] and
+/// [`run_with_store`] share; with `reload`, the reloader runs beside the listeners.
 async fn serve(
     config: Config,
     listeners: Listeners,
