@@ -339,3 +339,52 @@ async fn a_reload_that_strands_a_live_release_is_refused() {
     assert_eq!(served_by(&server).await, "2");
     server.stop().await;
 }
+
+/// A route the file no longer has: no longer served (its alias goes to the default upstream
+/// untouched) and its gauges are gone, so no alert rule keeps judging it; added again, it
+/// comes back with the state the store kept.
+#[tokio::test]
+async fn a_removed_route_is_no_longer_served_and_comes_back_as_it_was() {
+    let setup = Setup::new().await;
+    setup.write(Some(CANDIDATE), "");
+    let server = Binary::start(serve_command(&setup.path, &[])).await;
+    assert_eq!(served_by(&server).await, "2");
+    let metrics_url = format!("{}/metrics", server.admin);
+    let phase = "understudy_route_phase{phase=\"promoted\",route=\"bot\"}";
+    let metrics = support::send(Method::GET, &metrics_url, &[], Bytes::new()).await;
+    assert_eq!(support::metric_value(&metrics.text(), phase), 1.0);
+
+    let path = setup.path.clone();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without = &text[..text.find("[routes.bot]").unwrap()];
+    std::fs::write(&path, without).unwrap();
+    let ok = reload(&server, Some(TOKEN)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["removed"], json!(["bot"]));
+    let reply = post(
+        &format!("{}/v1/chat/completions", server.proxy),
+        &request_for("/v1/chat/completions", "support-bot", "hello", false),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-understudy-route"), None, "still routed");
+    let metrics = support::send(Method::GET, &metrics_url, &[], Bytes::new()).await;
+    assert_eq!(
+        support::metric_value_or_absent(&metrics.text(), phase),
+        None,
+        "the removed route's gauges stayed"
+    );
+
+    std::fs::write(&path, text).unwrap();
+    let back = reload(&server, Some(TOKEN)).await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(back.json()["added"], json!(["bot"]));
+    assert_eq!(
+        back.json()["changes"],
+        json!([]),
+        "the store's state, unchanged"
+    );
+    assert_eq!(served_by(&server).await, "2");
+    server.stop().await;
+}

@@ -173,6 +173,7 @@ impl Controller {
         for name in &report.removed {
             self.routes.remove(name);
             self.settings.remove(name);
+            self.metrics.route_removed(name);
         }
         for p in plan {
             let cfg = &next.routes[&p.name];
