@@ -137,6 +137,7 @@ async fn serve(
     store: Box<dyn Store>,
     reload: Option<ReloadFrom>,
 ) -> Result<(), ServerError> {
+    let hangups = reload::hangups(reload.as_ref());
     let token = secret(&config.admin.token_env).filter(|t| !t.is_empty());
     if token.is_none() {
         return Err(ServerError::Setup(format!(
@@ -243,6 +244,7 @@ async fn serve(
     let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
     let reloader = reload.map(|from| Reloader {
         from,
+        hangups,
         running: config.clone(),
         upstreams: running_upstreams,
         secret: &secret,

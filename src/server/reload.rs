@@ -32,9 +32,26 @@ pub struct ReloadFrom {
 /// Reload requests waiting for the reloader; a reload takes milliseconds, so few wait.
 pub(super) const RELOAD_QUEUE: usize = 4;
 
+/// SIGHUP, listened for from the server's start (before that, it would end the process).
+#[cfg(unix)]
+pub(super) type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+pub(super) type Hangups = Option<()>;
+
+/// Starts listening for SIGHUP when `from` asks for it.
+pub(super) fn hangups(from: Option<&ReloadFrom>) -> Hangups {
+    if from.is_some_and(|f| f.on_sighup) {
+        hangup_signal()
+    } else {
+        None
+    }
+}
+
 /// The one task that re-reads the file: reloads are applied one at a time, in order.
 pub(super) struct Reloader<'a, S> {
     pub from: ReloadFrom,
+    /// SIGHUP, when the server reloads on it.
+    pub hangups: Hangups,
     /// The configuration in effect (restart-only settings as at start).
     pub running: Config,
     /// The upstreams in effect, by name: an unchanged upstream keeps its `Arc`.
@@ -51,7 +68,7 @@ impl<S: Fn(&str) -> Option<String>> Reloader<'_, S> {
         mut requests: mpsc::Receiver<ReloadRequest>,
         stop: &CancellationToken,
     ) {
-        let mut hangups = self.from.on_sighup.then(hangup_signal).flatten();
+        let mut hangups = self.hangups.take();
         loop {
             let reply = tokio::select! {
                 () = stop.cancelled() => return,
