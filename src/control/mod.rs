@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, StickyKey};
+use crate::config::{Config, RouteConfig, StickyKey};
 use crate::domain::{Phase, ReleaseSpec, Trigger};
 use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
@@ -28,6 +28,7 @@ mod durability;
 mod indexes;
 mod judge;
 mod lifecycle;
+mod reload;
 mod reviews;
 mod store;
 mod views;
@@ -43,6 +44,7 @@ pub use views::RouteView;
 
 pub use durability::StoreStatus;
 pub use lifecycle::Refused;
+pub use reload::{Reconfigure, ReloadError, ReloadOutcome, ReloadRequest, Reloaded};
 pub use store::{
     EventRecord, IndexRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition,
 };
@@ -122,6 +124,11 @@ pub enum Command {
         limit: usize,
         reply: Reply<Option<Vec<ReviewSample>>>,
     },
+    /// A re-read configuration file (`reload.rs`).
+    Reload {
+        next: Box<Reconfigure>,
+        reply: Reply<Result<Reloaded, ReloadError>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +143,19 @@ struct Settings {
     sticky_key: Option<StickyKey>,
     /// Shared by every snapshot of the route, so mirror budgets survive swaps.
     policy: Arc<RoutePolicy>,
-    /// `index_retention`: how long an index that stopped serving stays a rollback target.
-    index_retention: Duration,
+    /// The route's configuration, to tell whether a reload changes it.
+    config: RouteConfig,
+}
+
+impl Settings {
+    fn of(cfg: &RouteConfig, policy: Arc<RoutePolicy>) -> Settings {
+        Settings {
+            alias: cfg.model.clone(),
+            sticky_key: cfg.sticky_key.clone(),
+            policy,
+            config: cfg.clone(),
+        }
+    }
 }
 
 struct RouteRuntime {
@@ -185,31 +203,7 @@ impl Controller {
         default_upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
     ) -> Result<Controller, StartError> {
-        let loaded = store.load()?;
-        let mut histories: HashMap<String, RouteHistory> = loaded
-            .routes
-            .into_iter()
-            .map(|record| {
-                (
-                    record.route.clone(),
-                    RouteHistory {
-                        record,
-                        releases: Vec::new(),
-                        indexes: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        for r in loaded.releases {
-            if let Some(h) = histories.get_mut(&r.route) {
-                h.releases.push(r);
-            }
-        }
-        for i in loaded.indexes {
-            if let Some(h) = histories.get_mut(&i.route) {
-                h.indexes.push(i);
-            }
-        }
+        let mut histories = reload::histories(store.load()?);
         let mut routes = BTreeMap::new();
         let mut settings = BTreeMap::new();
         let now = now_ms();
@@ -231,19 +225,7 @@ impl Controller {
             let history = history.ok_or_else(|| {
                 StartError::Invalid(format!("route {name}: no state after reconciling"))
             })?;
-            let list = |list: SampleList| -> Result<Vec<ReviewSample>, StoreError> {
-                Ok(store
-                    .samples(name, list)?
-                    .iter()
-                    .filter_map(|s| serde_json::from_str(s).ok())
-                    .collect())
-            };
-            let seen = store
-                .samples(name, SampleList::Seen)?
-                .first()
-                .and_then(|s| s.parse().ok());
-            let reviews =
-                Reviews::restore(list(SampleList::Worst)?, list(SampleList::Random)?, seen);
+            let reviews = reload::restore_reviews(store.as_ref(), name)?;
             routes.insert(
                 name.clone(),
                 RouteRuntime {
@@ -253,15 +235,7 @@ impl Controller {
                 },
             );
             let policy = RoutePolicy::new(cfg, &upstreams);
-            settings.insert(
-                name.clone(),
-                Settings {
-                    alias: cfg.model.clone(),
-                    sticky_key: cfg.sticky_key.clone(),
-                    policy: Arc::new(policy),
-                    index_retention: cfg.index_retention,
-                },
-            );
+            settings.insert(name.clone(), Settings::of(cfg, Arc::new(policy)));
         }
         let mut c = Controller {
             state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
@@ -375,6 +349,9 @@ impl Controller {
                 });
                 let _ = reply.send(out);
             }
+            Command::Reload { next, reply } => {
+                let _ = reply.send(self.reload(*next));
+            }
         }
     }
 
@@ -428,8 +405,8 @@ impl Controller {
         };
         let Some(mut t) = t else { return Ok(()) };
         if let Some(settings) = self.settings.get(route) {
-            t.indexes
-                .extend(indexes::retired(h, &t, now, settings.index_retention));
+            let retention = settings.config.index_retention;
+            t.indexes.extend(indexes::retired(h, &t, now, retention));
         }
         let Change::Rollback {
             trigger, reason, ..
