@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
 use crate::state::Upstream;
+use crate::telemetry::Exporter;
 use crate::upstream::{self, UpstreamClient};
 
 /// Bound on output text kept per observation.
@@ -126,6 +127,18 @@ pub async fn run_with_store(
                 config.default_upstream
             ))
         })?;
+    let extra_roots: Vec<_> = config
+        .upstreams
+        .values()
+        .filter_map(|u| u.ca_file.as_ref())
+        .flat_map(|ca| ca.certs.iter().cloned())
+        .collect();
+    let tls = upstream::tls_config(&extra_roots)
+        .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
+    // Traces, when the OTEL_* variables ask for them: exported with the upstreams' TLS roots.
+    let (telemetry, exporter) = Exporter::from_env(tls.clone())
+        .map_err(|e| ServerError::Setup(e.to_string()))?
+        .unzip();
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServerError::Setup(format!("metrics: {e}")))?);
     let controller = Controller::start(
@@ -158,14 +171,6 @@ pub async fn run_with_store(
         observe_max_bytes: OBSERVE_MAX_BYTES,
     };
     let connect_timeout = config.server.connect_timeout;
-    let extra_roots: Vec<_> = config
-        .upstreams
-        .values()
-        .filter_map(|u| u.ca_file.as_ref())
-        .flat_map(|ca| ca.certs.iter().cloned())
-        .collect();
-    let tls = upstream::tls_config(&extra_roots)
-        .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
     let caps = Caps::fit(
         config.server.max_connections,
         config.server.max_concurrent_requests,
@@ -191,6 +196,7 @@ pub async fn run_with_store(
         let state = Arc::clone(&state);
         let metrics = Arc::clone(&metrics);
         let mirrors = mirrors.clone();
+        let telemetry = telemetry.clone();
         move || {
             // Each worker's own pool: its upstream connections are polled by its thread.
             let client = UpstreamClient::new(connect_timeout, tls.clone());
@@ -207,6 +213,7 @@ pub async fn run_with_store(
                 metrics: Arc::clone(&metrics),
                 shadow,
                 limits,
+                telemetry: telemetry.clone(),
             }
         }
     })?;
@@ -227,6 +234,7 @@ pub async fn run_with_store(
         max_connections = caps.connections,
         max_concurrent_requests = caps.requests,
         fd_limit = caps.fd_limit,
+        tracing = telemetry.is_some(),
         "understudy serving"
     );
     let graceful = GracefulShutdown::new();
@@ -270,6 +278,10 @@ pub async fn run_with_store(
     workers.stop().await;
     controller_stop.cancel();
     let _ = controller_task.await;
+    // After the mirrors: their spans are queued by now; exported within the exporter's timeout.
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
