@@ -517,7 +517,7 @@ async fn with_tracing_off_no_traceparent_is_invented() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_tracing_on_a_request_without_traceparent_starts_a_trace() {
+async fn with_tracing_on_a_streamed_request_without_traceparent_starts_a_trace() {
     let receiver = Receiver::start().await;
     let sim = sim().await;
     let binary = tokio::task::block_in_place(|| {
@@ -534,13 +534,33 @@ async fn with_tracing_on_a_request_without_traceparent_starts_a_trace() {
             ],
         )
     });
+    // Streamed, with the usage in its last event.
+    let mut request = chat("Can I cancel my subscription online");
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
     let reply = post(
         &format!("{}/v1/chat/completions", binary.proxy),
-        &chat("Can I cancel my subscription online"),
+        &request,
         &[],
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
+    let events: Vec<Value> = reply
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let usage = events
+        .iter()
+        .find(|e| e["usage"].is_object())
+        .map(|e| e["usage"].clone())
+        .expect("a usage event");
+    let finish = events
+        .iter()
+        .find_map(|e| e["choices"][0]["finish_reason"].as_str())
+        .expect("a finish reason");
     // Exported on the schedule, without waiting for shutdown.
     wait_for("the request's span", || {
         receiver
@@ -556,6 +576,16 @@ async fn with_tracing_on_a_request_without_traceparent_starts_a_trace() {
         .unwrap();
     assert_eq!(server.service, "llm-gateway");
     assert!(server.span.parent_span_id.is_empty(), "a root span");
+    assert_eq!(server.str("gen_ai.response.model"), STABLE);
+    assert_eq!(
+        server.int("gen_ai.usage.input_tokens"),
+        usage["prompt_tokens"].as_i64().unwrap()
+    );
+    assert_eq!(
+        server.int("gen_ai.usage.output_tokens"),
+        usage["completion_tokens"].as_i64().unwrap()
+    );
+    assert_eq!(server.strings("gen_ai.response.finish_reasons"), [finish]);
     let sent = upstream_traceparents(&sim);
     assert_eq!(
         sent[STABLE].as_deref(),

@@ -14,9 +14,11 @@ use opentelemetry::Context;
 use opentelemetry_sdk::trace::SdkTracer;
 
 mod export;
+mod logs;
 mod spans;
 
 pub use export::Exporter;
+pub use logs::TraceIdJson;
 pub use spans::{LlmSpan, ScorerKind, TraceParent};
 
 /// The tracer the request path starts spans with; present only when tracing is on.
