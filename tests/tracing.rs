@@ -210,6 +210,8 @@ async fn export(req: Request<Incoming>, spans: &Mutex<Vec<Exported>>) -> Result<
 struct Binary {
     child: Child,
     proxy: String,
+    /// Every line it wrote to stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -237,9 +239,12 @@ impl Binary {
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line.clone());
                 if line.contains("understudy serving") {
                     let proxy = line
                         .split_whitespace()
@@ -257,6 +262,7 @@ impl Binary {
                 return Binary {
                     child,
                     proxy: format!("http://{proxy}"),
+                    log,
                     _dir: dir,
                 };
             }
@@ -269,8 +275,8 @@ impl Binary {
         }
     }
 
-    /// SIGTERM, and the exit within the shutdown grace.
-    fn stop(mut self) {
+    /// SIGTERM, and the exit within the shutdown grace; returns its stderr.
+    fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -282,6 +288,9 @@ impl Binary {
             assert!(Instant::now() < deadline, "understudy did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The reader thread sees the end of the pipe shortly after the exit.
+        std::thread::sleep(Duration::from_millis(200));
+        self.log.lock().unwrap().clone()
     }
 }
 
@@ -593,4 +602,56 @@ async fn with_tracing_on_a_streamed_request_without_traceparent_starts_a_trace()
         "{sent:?}"
     );
     tokio::task::block_in_place(|| binary.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_logged_and_fails_no_request() {
+    // A port nothing listens on (bound, then released).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let sim = sim().await;
+    let binary = tokio::task::block_in_place(|| {
+        Binary::start(
+            &sim.url,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+            ],
+        )
+    });
+    let reply = post(
+        &format!("{}/v1/chat/completions", binary.proxy),
+        &chat("Why was my card declined"),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let log = tokio::task::block_in_place(|| binary.stop());
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("spans not exported at shutdown")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn a_protocol_other_than_http_protobuf_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("understudy.toml");
+    std::fs::write(&config, config_toml("http://127.0.0.1:9", dir.path())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("UNDERSTUDY_ADMIN_TOKEN", TOKEN)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\"") && err.contains("http/protobuf"),
+        "{err}"
+    );
 }
