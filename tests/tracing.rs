@@ -655,3 +655,49 @@ fn a_protocol_other_than_http_protobuf_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_the_sampler_drops_is_still_propagated_and_not_exported() {
+    let receiver = Receiver::start().await;
+    let sim = sim().await;
+    let binary = tokio::task::block_in_place(|| {
+        Binary::start(
+            &sim.url,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k1"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ],
+        )
+    });
+    let reply = post(
+        &format!("{}/v1/chat/completions", binary.proxy),
+        &chat("Where is my order"),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    wait_for("the mirror", || {
+        upstream_traceparents(&sim).contains_key(&format!("mirror {CANDIDATE}"))
+    })
+    .await;
+    tokio::task::block_in_place(|| binary.stop());
+    assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
+    // The upstream still learns the trace, marked not sampled, from one span to the next.
+    let sent = upstream_traceparents(&sim);
+    let parse = |key: &str| {
+        let tp = sent[key].clone().unwrap_or_else(|| panic!("{sent:?}"));
+        let parts: Vec<String> = tp.split('-').map(str::to_owned).collect();
+        assert_eq!(
+            (parts.len(), parts[0].as_str(), parts[3].as_str()),
+            (4, "00", "00"),
+            "{tp}"
+        );
+        (parts[1].clone(), parts[2].clone())
+    };
+    let (served_trace, served_span) = parse(STABLE);
+    let (mirror_trace, mirror_span) = parse(&format!("mirror {CANDIDATE}"));
+    assert_eq!(served_trace, mirror_trace);
+    assert_ne!(served_span, mirror_span);
+}
