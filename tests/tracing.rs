@@ -10,12 +10,13 @@
 )]
 #![allow(clippy::disallowed_methods)] // the receiver runs on plain tasks
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +33,7 @@ use prost::Message as _;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use binary::{serve_command, Binary};
 use support::{post, Sim, TOKEN};
 use understudy_sim::{Behavior, Style};
 
@@ -206,99 +208,19 @@ async fn export(req: Request<Incoming>, spans: &Mutex<Vec<Exported>>) -> Result<
     Ok(())
 }
 
-/// The real binary, its stderr read for the addresses it serves on.
-struct Binary {
-    child: Child,
-    proxy: String,
-    /// Every line it wrote to stderr so far.
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Binary {
-    fn start(sim_url: &str, env: &[(&str, &str)]) -> Binary {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("understudy.toml");
-        std::fs::write(&config, config_toml(sim_url, dir.path())).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_understudy"));
-        cmd.args(["serve", "--config"])
-            .arg(&config)
-            .env("UNDERSTUDY_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars() {
-            if name.starts_with("OTEL_") {
-                cmd.env_remove(name);
-            }
-        }
-        for (name, value) in env {
-            cmd.env(name, value);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line.clone());
-                if line.contains("understudy serving") {
-                    let proxy = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("proxy="))
-                        .map(|v| v.trim_matches('"').to_owned());
-                    if let Some(p) = proxy {
-                        let _ = tx.send(p);
-                    }
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(proxy) = rx.try_recv() {
-                return Binary {
-                    child,
-                    proxy: format!("http://{proxy}"),
-                    log,
-                    _dir: dir,
-                };
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "understudy exited before serving"
-            );
-            assert!(Instant::now() < deadline, "understudy did not start");
-            std::thread::sleep(Duration::from_millis(10));
+/// The real binary on `config_toml`, with only the `OTEL_*` variables of `env` (none inherited
+/// from the test's environment).
+async fn start(sim_url: &str, env: &[(&str, &str)]) -> (Binary, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("understudy.toml");
+    std::fs::write(&config, config_toml(sim_url, dir.path())).unwrap();
+    let mut cmd = serve_command(&config, env);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OTEL_") && !env.iter().any(|(n, _)| *n == name) {
+            cmd.env_remove(name);
         }
     }
-
-    /// SIGTERM, and the exit within the shutdown grace; returns its stderr.
-    fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "understudy did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The reader thread sees the end of the pipe shortly after the exit.
-        std::thread::sleep(Duration::from_millis(200));
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    (Binary::start(cmd).await, dir)
 }
 
 fn config_toml(sim: &str, dir: &std::path::Path) -> String {
@@ -389,19 +311,19 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 async fn a_request_its_mirror_and_its_judge_are_one_trace_exported_at_shutdown() {
     let receiver = Receiver::start().await;
     let sim = sim().await;
-    let binary = tokio::task::block_in_place(|| {
-        Binary::start(
-            &sim.url,
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k1"),
-                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
-                // Nothing is exported before shutdown: what arrives was flushed by it.
-                ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
-            ],
-        )
-    });
+    let (binary, _dir) = start(
+        &sim.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k1"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            // Nothing is exported before shutdown: what arrives was flushed by it.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("UNDERSTUDY_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let reply = post(
         &format!("{}/v1/chat/completions", binary.proxy),
@@ -418,8 +340,24 @@ async fn a_request_its_mirror_and_its_judge_are_one_trace_exported_at_shutdown()
     })
     .await;
     assert!(receiver.spans().is_empty(), "exported before shutdown");
-    tokio::task::block_in_place(|| binary.stop());
+    let log = binary.stop().await;
     let spans = receiver.spans();
+
+    // The request's JSON log line carries its trace id; lines outside a request do not.
+    let lines: Vec<Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "request")
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert_eq!(request["trace_id"], CLIENT_TRACE, "{request}");
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "understudy serving")
+        .unwrap();
+    assert!(serving.get("trace_id").is_none(), "{serving}");
     let names: Vec<_> = spans.iter().map(|s| s.span.name.clone()).collect();
 
     // The client's span: continues the client's trace, a child of the client's span.
@@ -507,7 +445,7 @@ async fn a_request_its_mirror_and_its_judge_are_one_trace_exported_at_shutdown()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tracing_off_no_traceparent_is_invented() {
     let sim = sim().await;
-    let binary = tokio::task::block_in_place(|| Binary::start(&sim.url, &[]));
+    let (binary, _dir) = start(&sim.url, &[]).await;
     let reply = post(
         &format!("{}/v1/chat/completions", binary.proxy),
         &chat("Do you ship to Canada"),
@@ -522,27 +460,26 @@ async fn with_tracing_off_no_traceparent_is_invented() {
     let sent = upstream_traceparents(&sim);
     assert_eq!(sent[STABLE], None, "{sent:?}");
     assert_eq!(sent[&format!("mirror {CANDIDATE}")], None, "{sent:?}");
-    tokio::task::block_in_place(|| binary.stop());
+    binary.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tracing_on_a_streamed_request_without_traceparent_starts_a_trace() {
     let receiver = Receiver::start().await;
     let sim = sim().await;
-    let binary = tokio::task::block_in_place(|| {
-        Binary::start(
-            &sim.url,
-            &[
-                (
-                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                    &format!("{}/v1/traces", receiver.url),
-                ),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k1"),
-                ("OTEL_SERVICE_NAME", "llm-gateway"),
-                ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-            ],
-        )
-    });
+    let (binary, _dir) = start(
+        &sim.url,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                &format!("{}/v1/traces", receiver.url),
+            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k1"),
+            ("OTEL_SERVICE_NAME", "llm-gateway"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
     // Streamed, with the usage in its last event.
     let mut request = chat("Can I cancel my subscription online");
     request["stream"] = json!(true);
@@ -601,7 +538,7 @@ async fn with_tracing_on_a_streamed_request_without_traceparent_starts_a_trace()
         Some(format!("00-{}-{}-01", server.trace_id(), server.span_id()).as_str()),
         "{sent:?}"
     );
-    tokio::task::block_in_place(|| binary.stop());
+    binary.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,15 +548,14 @@ async fn an_unreachable_collector_is_logged_and_fails_no_request() {
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let sim = sim().await;
-    let binary = tokio::task::block_in_place(|| {
-        Binary::start(
-            &sim.url,
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
-            ],
-        )
-    });
+    let (binary, _dir) = start(
+        &sim.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+        ],
+    )
+    .await;
     let reply = post(
         &format!("{}/v1/chat/completions", binary.proxy),
         &chat("Why was my card declined"),
@@ -627,7 +563,7 @@ async fn an_unreachable_collector_is_logged_and_fails_no_request() {
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let log = tokio::task::block_in_place(|| binary.stop());
+    let log = binary.stop().await;
     assert!(
         log.iter()
             .any(|l| l.contains("WARN") && l.contains("spans not exported at shutdown")),
@@ -660,17 +596,16 @@ fn a_protocol_other_than_http_protobuf_is_refused_at_start() {
 async fn a_trace_the_sampler_drops_is_still_propagated_and_not_exported() {
     let receiver = Receiver::start().await;
     let sim = sim().await;
-    let binary = tokio::task::block_in_place(|| {
-        Binary::start(
-            &sim.url,
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k1"),
-                ("OTEL_TRACES_SAMPLER", "traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", "0"),
-            ],
-        )
-    });
+    let (binary, _dir) = start(
+        &sim.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k1"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    )
+    .await;
     let reply = post(
         &format!("{}/v1/chat/completions", binary.proxy),
         &chat("Where is my order"),
@@ -682,7 +617,7 @@ async fn a_trace_the_sampler_drops_is_still_propagated_and_not_exported() {
         upstream_traceparents(&sim).contains_key(&format!("mirror {CANDIDATE}"))
     })
     .await;
-    tokio::task::block_in_place(|| binary.stop());
+    binary.stop().await;
     assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
     // The upstream still learns the trace, marked not sampled, from one span to the next.
     let sent = upstream_traceparents(&sim);
