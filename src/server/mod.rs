@@ -26,7 +26,7 @@ use workers::{log_end, Handoff, Hygiene, Workers};
 
 use crate::admin::{Admin, Listings};
 use crate::config::Config;
-use crate::control::{Controller, SqliteStore, Store};
+use crate::control::{Controller, PgStore, Replica, SqliteStore, Store};
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
@@ -95,9 +95,47 @@ pub async fn run(
     secret: impl Fn(&str) -> Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store =
-        SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?;
-    run_with_store(config, listeners, secret, shutdown, Box::new(store)).await
+    let store: Box<dyn Store> = match &config.store.postgres {
+        None => Box::new(
+            SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?,
+        ),
+        Some(pg) => {
+            let password = match &pg.password_env {
+                Some(name) => Some(secret(name).ok_or_else(|| {
+                    ServerError::Setup(format!(
+                        "store.password_env: environment variable {name} is not set"
+                    ))
+                })?),
+                None => None,
+            };
+            let admin = listeners
+                .admin
+                .local_addr()
+                .map_err(|e| ServerError::Setup(format!("admin listener: {e}")))?;
+            let replica = Replica {
+                id: format!("{}:{}", host_name(), admin.port()),
+                address: admin.to_string(),
+            };
+            // Connecting and migrating wait on the network: off the async workers.
+            let url = pg.url.clone();
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url, password, replica))
+                .await
+                .map_err(|e| ServerError::Setup(format!("store: {e}")))?
+                .map_err(|e| ServerError::Setup(e.to_string()))?;
+            Box::new(store)
+        }
+    };
+    run_with_store(config, listeners, secret, shutdown, store).await
+}
+
+/// This machine's name, for the replica's id in a fleet.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// [`run`] on an already opened store (`config.store` is not opened): the seam for another
