@@ -13,6 +13,7 @@
 //!   judged, so a decision is never applied twice.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -24,6 +25,8 @@ use crate::shadow::Sample;
 
 /// Samples read from the stream at once.
 const READ_BATCH: usize = 2000;
+/// How often the leader deletes the stream's samples no judge needs any more.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// A replica whose heartbeat is older than this is shown as gone.
 const GONE_AFTER_MS: i64 = 5000;
 /// The scorers the judge tracks, by the names the stream stores.
@@ -46,6 +49,8 @@ pub struct FleetRuntime {
     pub signal: watch::Receiver<FleetSignal>,
     /// Scores of this replica's mirrors, not yet written to the stream.
     outbox: Vec<JudgeSample>,
+    /// When the leader last pruned the stream.
+    pruned_at: Instant,
 }
 
 /// A replica as `GET /admin/fleet` shows it.
@@ -101,14 +106,18 @@ pub fn rederive(h: &RouteHistory, t: &Transition) -> Option<Transition> {
 }
 
 impl Controller {
-    /// In a fleet: rebuilds the judges' windows from the stream and starts following it.
-    pub(super) fn fleet_start(&mut self) {
-        let per_list = self
-            .settings
+    /// The longest judge window of any route: how much of each list of the stream is needed.
+    fn max_window(&self) -> usize {
+        self.settings
             .values()
             .map(|s| s.policy.rollback.window)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// In a fleet: rebuilds the judges' windows from the stream and starts following it.
+    pub(super) fn fleet_start(&mut self) {
+        let per_list = self.max_window();
         let Some(fleet) = self.store.fleet() else {
             return;
         };
@@ -136,6 +145,7 @@ impl Controller {
             leader: false,
             signal,
             outbox: Vec::new(),
+            pruned_at: Instant::now(),
         });
     }
 
@@ -202,10 +212,21 @@ impl Controller {
     /// The fleet's timer: this replica's scores onto the stream, then the stream's new samples
     /// into the judges (the leader decides after each, as one process would).
     pub(super) fn fleet_tick(&mut self) {
+        let keep = self.max_window();
         let Some(f) = &mut self.fleet else { return };
         let outbox = std::mem::take(&mut f.outbox);
         let mut cursor = f.cursor;
         let leader = f.leader;
+        let prune = leader && f.pruned_at.elapsed() >= PRUNE_EVERY;
+        if prune {
+            f.pruned_at = Instant::now();
+            if let Some(fleet) = self.store.fleet() {
+                match fleet.prune(keep) {
+                    Ok(n) => tracing::debug!(deleted = n, "fleet: old judge samples deleted"),
+                    Err(e) => self.metrics.store_error("samples", &e, false),
+                }
+            }
+        }
         if let Some(fleet) = self.store.fleet() {
             if let Err(e) = fleet.write_judge_samples(&outbox) {
                 // Scores are not changes of state: these are lost for the fleet's judge
@@ -387,5 +408,68 @@ fn view(r: ReplicaRecord, me: &str) -> ReplicaView {
         alive,
         leader: r.leader && alive,
         state_version: r.state_version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::store::{ReleaseRecord, RouteRecord};
+    use crate::domain::{Phase, Trigger};
+
+    fn history(stable: u32, candidate: Option<u32>, versions: u32) -> RouteHistory {
+        RouteHistory {
+            record: RouteRecord {
+                route: "bot".into(),
+                phase: if candidate.is_some() {
+                    Phase::Canary
+                } else {
+                    Phase::Stable
+                },
+                share: 0.1,
+                stable,
+                candidate,
+                updated_at_ms: 1,
+            },
+            releases: (1..=versions)
+                .map(|version| ReleaseRecord {
+                    route: "bot".into(),
+                    version,
+                    label: None,
+                    upstream: "u".into(),
+                    model: format!("m{version}"),
+                    system_prompt: None,
+                    params: serde_json::Map::new(),
+                    prices: None,
+                    created_at_ms: 1,
+                    rolled_back: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_queued_rollback_is_computed_again_on_the_newer_state_or_dropped_when_done() {
+        let old = history(1, Some(2), 2);
+        let t = lifecycle::rollback(&old, None, Trigger::Alert, "page", 5)
+            .unwrap()
+            .unwrap();
+        // Another replica only moved the share meanwhile: the same rollback, on the new state.
+        let mut moved = history(1, Some(2), 2);
+        moved.record.share = 0.5;
+        moved.record.updated_at_ms = 3;
+        let again = rederive(&moved, &t).unwrap();
+        assert_eq!(again.route.as_ref().unwrap().candidate, None);
+        assert_eq!(again.rolled_back[0].0.version, 2);
+        assert_eq!(again.events.last().unwrap().trigger, Some(Trigger::Alert));
+        // Another replica already rolled #2 back, or a newer candidate took its place: done.
+        assert!(rederive(&history(1, None, 2), &t).is_none());
+        assert!(rederive(&history(1, Some(3), 3), &t).is_none());
+        // A rollback *to* a version, with no candidate: done once the route is there.
+        let to_one = lifecycle::rollback(&history(2, None, 2), Some(1), Trigger::Manual, "", 5)
+            .unwrap()
+            .unwrap();
+        assert!(rederive(&history(1, None, 2), &to_one).is_none());
+        assert!(rederive(&history(2, None, 2), &to_one).is_some());
     }
 }

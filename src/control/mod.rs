@@ -45,8 +45,8 @@ pub use durability::StoreStatus;
 pub use fleet::FleetView;
 pub use lifecycle::Refused;
 pub use store::{
-    EventRecord, Fleet, Loaded, PgStore, Replica, SampleList, SqliteStore, Store, StoreError,
-    Transition,
+    EventRecord, Fleet, FleetSignal, JudgeInput, JudgeSample, Loaded, PgStore, ReleaseRecord,
+    Replica, RouteRecord, SampleList, SqliteStore, Store, StoreError, Transition,
 };
 
 /// How often kept review samples are written to the store.

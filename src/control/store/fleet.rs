@@ -96,6 +96,10 @@ pub trait Fleet {
     /// To rebuild the judges' windows: per route the newest `per_list` noise samples and the
     /// newest `per_list` of each candidate, oldest first.
     fn judge_history(&mut self, per_list: usize) -> Result<Vec<JudgeSample>, StoreError>;
+    /// Deletes what no judge needs any more: past the newest `keep_per_list` samples of each
+    /// list (as `judge_history` reads them), and the heartbeat rows of replicas not seen for
+    /// a day. Returns the samples deleted.
+    fn prune(&mut self, keep_per_list: usize) -> Result<u64, StoreError>;
     /// Every replica that has a heartbeat row.
     fn replicas(&mut self) -> Result<Vec<ReplicaRecord>, StoreError>;
 }

@@ -831,6 +831,31 @@ impl Fleet for PgStore {
         })
     }
 
+    fn prune(&mut self, keep_per_list: usize) -> Result<u64, StoreError> {
+        let keep = i64::try_from(keep_per_list).unwrap_or(i64::MAX);
+        self.block(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let deleted = client
+                .execute(
+                    "DELETE FROM judge_samples WHERE id IN (SELECT id FROM (SELECT id, \
+                     row_number() OVER (PARTITION BY route, input, \
+                     CASE WHEN input = 'noise' THEN 0 ELSE candidate_version END \
+                     ORDER BY id DESC) AS n FROM judge_samples) AS old WHERE n > $1)",
+                    &[&keep],
+                )
+                .await
+                .map_err(db)?;
+            client
+                .execute(
+                    &format!("DELETE FROM replicas WHERE last_seen_ms < {NOW_MS} - 86400000"),
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok(deleted)
+        })
+    }
+
     fn replicas(&mut self) -> Result<Vec<ReplicaRecord>, StoreError> {
         // Alive and leading as the database knows it now: the replica's session is still open,
         // and holds the judge's lock (a killed replica's row stays until it is seen again).
