@@ -25,6 +25,8 @@ use crate::shadow::Sample;
 
 /// Samples read from the stream at once.
 const READ_BATCH: usize = 2000;
+/// Scores kept for the stream while the database is away; the oldest go first past it.
+const OUTBOX_MAX: usize = 10_000;
 /// How often the leader deletes the stream's samples no judge needs any more.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// A replica whose heartbeat is older than this is shown as gone.
@@ -214,6 +216,13 @@ impl Controller {
     pub(super) fn fleet_tick(&mut self) {
         let keep = self.max_window();
         let Some(f) = &mut self.fleet else { return };
+        if !f.signal.borrow().connected {
+            // The database is away: no waiting on it here (a rollback must not queue behind
+            // a connect timeout); the newest scores wait, bounded.
+            let over = f.outbox.len().saturating_sub(OUTBOX_MAX);
+            f.outbox.drain(..over);
+            return;
+        }
         let outbox = std::mem::take(&mut f.outbox);
         let mut cursor = f.cursor;
         let leader = f.leader;

@@ -343,9 +343,17 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await
         .map_err(db)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    // Under the lock, so asking first is safe (and spares the server's "already exists" notice).
+    let known: bool = tx
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
         .await
-        .map_err(db)?;
+        .map_err(db)?
+        .get(0);
+    if !known {
+        tx.batch_execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .await
+            .map_err(db)?;
+    }
     let current: Option<i32> = tx
         .query_opt("SELECT version FROM schema_version", &[])
         .await
