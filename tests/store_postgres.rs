@@ -2,7 +2,8 @@
 //! opening it at once migrate it once; a change computed from an older state is refused
 //! (`Stale`), so two replicas never both apply one; a commit is announced to the others within
 //! a second; exactly one replica holds the judge's lock and another takes it when it goes; the
-//! judge's stream is read back per list and pruned to what the windows need.
+//! judge's stream is read back per list and pruned to what the windows need. And TLS as
+//! libpq's `sslmode` promises, against a server with a certificate from a private CA.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod support;
@@ -186,4 +187,80 @@ fn replicas_share_one_state_and_one_judge() {
     );
     assert_eq!(s.prune(20).unwrap(), 30);
     assert_eq!(s.judge_samples_after(0, 1000).unwrap(), history);
+}
+
+/// A private CA and a server certificate for `localhost` only (not `127.0.0.1`).
+fn pki() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(DnType::CommonName, "Understudy test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".into()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    (
+        ca.pem(),
+        format!("{}{}", cert.pem(), ca.pem()),
+        key.serialize_pem(),
+    )
+}
+
+#[test]
+fn tls_as_sslmode_says() {
+    let (ca, chain, key) = pki();
+    let cluster = Cluster::start_with_tls(Some((&chain, &key)));
+    cluster.database("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ca.pem");
+    std::fs::write(&root, ca).unwrap();
+    let root = root.display().to_string();
+    let url = |host: &str, query: &str| {
+        format!("postgres://postgres@{host}:{}/tls?{query}", cluster.port)
+    };
+    let encrypted = || cluster.sql("SELECT count(*) FROM pg_stat_ssl WHERE ssl");
+    let try_open = |u: String| {
+        let replica = Replica {
+            id: "t".into(),
+            address: "x".into(),
+        };
+        PgStore::open(&u, Some(PASSWORD.to_string()), replica)
+    };
+    // Encrypted without a check of the certificate (libpq's prefer and require).
+    for mode in ["prefer", "require"] {
+        let store = try_open(url("127.0.0.1", &format!("sslmode={mode}"))).unwrap();
+        assert_ne!(encrypted(), "0", "{mode}");
+        drop(store);
+    }
+    // verify-ca: signed by the CA given, whatever the name; verify-full: and for the host.
+    let ca_only = format!("sslmode=verify-ca&sslrootcert={root}");
+    drop(try_open(url("127.0.0.1", &ca_only)).unwrap());
+    let full = format!("sslmode=verify-full&sslrootcert={root}");
+    let store = try_open(url("localhost", &full)).unwrap();
+    assert_ne!(encrypted(), "0");
+    drop(store);
+    for refused in [
+        url("127.0.0.1", &full),
+        url("localhost", "sslmode=verify-full"),
+    ] {
+        let e = try_open(refused.clone()).err().unwrap().to_string();
+        assert!(!e.contains(PASSWORD), "{e}");
+        assert!(e.contains("certificate"), "the cause is said: {e}");
+        println!("refused as it should be: {refused}: {e}");
+    }
+    // disable: in the clear.
+    let store = try_open(url("127.0.0.1", "sslmode=disable")).unwrap();
+    assert_eq!(encrypted(), "0");
+    drop(store);
 }

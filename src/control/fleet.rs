@@ -291,6 +291,9 @@ impl Controller {
             .is_some_and(|fleet| signal.db_version > fleet.version());
         if behind {
             self.resync();
+        } else if let Some(fleet) = self.store.fleet() {
+            // Current (this replica's own commit, say): its heartbeat says so.
+            fleet.serving(fleet.version());
         }
         if won {
             // Current with the stream, then every route judged at once: the decision the last

@@ -21,6 +21,8 @@ pub struct Cluster {
     bin: PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// More server options (`-c ssl=on ...`).
+    options: String,
 }
 
 /// The newest installed PostgreSQL's `bin` directory.
@@ -71,6 +73,11 @@ fn checked(what: &str, out: std::io::Result<Output>) -> Output {
 impl Cluster {
     /// initdb and start.
     pub fn start() -> Cluster {
+        Cluster::start_with_tls(None)
+    }
+
+    /// initdb and start; with `tls` (certificate chain PEM, key PEM) the server also offers TLS.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("understudy-pg-")
             .tempdir()
@@ -82,8 +89,22 @@ impl Cluster {
             bin: bin_dir(),
             port: 0,
             as_postgres,
+            options: String::new(),
         };
         std::fs::write(cluster.dir.join("pw"), PASSWORD).unwrap();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let cert_path = cluster.dir.join("server.crt");
+            let key_path = cluster.dir.join("server.key");
+            std::fs::write(&cert_path, cert).unwrap();
+            std::fs::write(&key_path, key).unwrap();
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            cluster.options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_path.display(),
+                key_path.display()
+            );
+        }
         if as_postgres {
             checked(
                 "chown",
@@ -152,9 +173,10 @@ impl Cluster {
             .arg(self.dir.join("log"))
             .args(["-w", "-t", "30", "-o"])
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.options
             ))
             .arg("start")
             .output()
@@ -182,12 +204,13 @@ impl Cluster {
         );
     }
 
-    /// Creates a database and returns its `[store] url` (no password in it).
-    pub fn database(&self, name: &str) -> String {
-        checked(
-            "createdb",
+    /// Runs `sql` as the superuser (over TCP without TLS) and returns what it printed.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = checked(
+            "psql",
             Command::new(self.bin.join("psql"))
                 .env("PGPASSWORD", PASSWORD)
+                .env("PGSSLMODE", "disable")
                 .args([
                     "-h",
                     "127.0.0.1",
@@ -195,14 +218,20 @@ impl Cluster {
                     "postgres",
                     "-d",
                     "postgres",
-                    "-q",
+                    "-qAt",
                     "-c",
                 ])
-                .arg(format!("CREATE DATABASE {name}"))
+                .arg(sql)
                 .arg("-p")
                 .arg(self.port.to_string())
                 .output(),
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Creates a database and returns its `[store] url` (no password in it).
+    pub fn database(&self, name: &str) -> String {
+        self.sql(&format!("CREATE DATABASE {name}"));
         format!(
             "postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable",
             self.port

@@ -166,15 +166,31 @@ pub struct PgStore {
     target: String,
 }
 
-fn pg(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Postgres(e.to_string())
+/// An error with its causes ("error performing TLS handshake: invalid peer certificate: ...").
+/// None of them carries the password: tokio-postgres never puts its config in a message.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn pg(e: impl std::error::Error) -> StoreError {
+    StoreError::Postgres(chain(&e))
 }
 
 /// tokio-postgres errors with the server's own message, when there is one.
 fn db(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(d) => StoreError::Postgres(format!("{}: {}", d.code().code(), d.message())),
-        None => StoreError::Postgres(e.to_string()),
+        None => StoreError::Postgres(chain(&e)),
     }
 }
 
