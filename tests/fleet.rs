@@ -417,12 +417,30 @@ async fn duplicate_alerts_roll_back_once_and_an_outage_stops_no_replica() {
     };
     let (sa, sb) = tokio::join!(deliver(a), deliver(b));
     assert_eq!((sa.as_u16(), sb.as_u16()), (200, 200));
+    let mut counted = 0.0;
     for r in [a, b, c] {
         served_by(r, 1, Duration::from_secs(2), &f.log).await;
         let events = rollbacks(&get(r, "/admin/routes/bot").await);
         assert_eq!(events.len(), 1, "{} {events:?}", r.name);
         assert_eq!(events[0]["trigger"], "alert");
+        let metrics = send(
+            Method::GET,
+            &format!("{}/metrics", r.admin),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        counted += support::metric_value(
+            &metrics.text(),
+            r#"understudy_rollbacks_total{route="bot",trigger="alert"}"#,
+        );
     }
+    assert_eq!(counted, 1.0, "the fleet counts one rollback");
+    let raced = f
+        .log
+        .tail(usize::MAX)
+        .contains("already rolled back by another replica");
+    println!("fleet: duplicate alert rolled back once (the second replica's own rollback was computed again and dropped: {raced})");
 
     // A candidate again, everywhere.
     let (s, v) = admin(

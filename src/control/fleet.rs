@@ -53,6 +53,8 @@ pub struct FleetRuntime {
     outbox: Vec<JudgeSample>,
     /// When the leader last pruned the stream.
     pruned_at: Instant,
+    /// Rollbacks of this replica dropped on a newer state: another replica had made them.
+    dropped: u64,
 }
 
 /// A replica as `GET /admin/fleet` shows it.
@@ -117,6 +119,12 @@ impl Controller {
             .unwrap_or(0)
     }
 
+    /// How many of this replica's rollbacks were dropped as made by another replica (0 outside
+    /// a fleet): `change` counts a rollback only when this does not move.
+    pub(super) fn fleet_dropped(&self) -> u64 {
+        self.fleet.as_ref().map_or(0, |f| f.dropped)
+    }
+
     /// In a fleet: rebuilds the judges' windows from the stream and starts following it.
     pub(super) fn fleet_start(&mut self) {
         let per_list = self.max_window();
@@ -148,6 +156,7 @@ impl Controller {
             signal,
             outbox: Vec::new(),
             pruned_at: Instant::now(),
+            dropped: 0,
         });
     }
 
@@ -351,16 +360,23 @@ impl Controller {
             }
         }
         let routes = &self.routes;
+        let mut dropped = 0;
         self.durability.rederive(|route, t| {
             let h = fresh
                 .get(route)
                 .or_else(|| routes.get(route).map(|rt| &rt.history))?;
-            let again = rederive(h, t)?;
+            let Some(again) = rederive(h, t) else {
+                dropped += 1;
+                return None;
+            };
             if let Some(h) = fresh.get_mut(route) {
                 h.apply(&again);
             }
             Some(again)
         });
+        if let Some(f) = &mut self.fleet {
+            f.dropped += dropped;
+        }
         for (name, rt) in &mut self.routes {
             let Some(h) = fresh.remove(name) else {
                 continue;

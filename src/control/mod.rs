@@ -474,9 +474,20 @@ impl Controller {
             .events
             .last()
             .map_or((None, None), |e| (e.from_version, e.to_version));
-        self.metrics.rolled_back(route, *trigger, reason, from, to);
+        let dropped = self.fleet_dropped();
         self.durability.queue(route, t);
         self.flush_pending();
+        if self.fleet_dropped() == dropped {
+            self.metrics.rolled_back(route, *trigger, reason, from, to);
+        } else {
+            // Another replica rolled the same candidate back first (a duplicate alert): one
+            // rollback fleet-wide, counted where it was written.
+            tracing::info!(
+                route,
+                trigger = trigger.as_str(),
+                "already rolled back by another replica"
+            );
+        }
         Ok(())
     }
 
