@@ -419,7 +419,7 @@ async fn duplicate_alerts_roll_back_once_and_an_outage_stops_no_replica() {
     assert_eq!((sa.as_u16(), sb.as_u16()), (200, 200));
     let mut counted = 0.0;
     for r in [a, b, c] {
-        served_by(r, 1, Duration::from_secs(2), &f.log).await;
+        served_by(r, 1, Duration::from_secs(5), &f.log).await;
         let events = rollbacks(&get(r, "/admin/routes/bot").await);
         assert_eq!(events.len(), 1, "{} {events:?}", r.name);
         assert_eq!(events[0]["trigger"], "alert");
@@ -453,7 +453,7 @@ async fn duplicate_alerts_roll_back_once_and_an_outage_stops_no_replica() {
     let (s, v) = admin(a, "promote", json!({"phase": "promoted", "share": 0.0})).await;
     assert_eq!(s, 200, "{v}");
     for r in [a, b, c] {
-        served_by(r, 3, Duration::from_secs(2), &f.log).await;
+        served_by(r, 3, Duration::from_secs(5), &f.log).await;
     }
 
     // The database stops: every replica keeps serving; a rollback through C takes effect there.

@@ -19,9 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod conn;
+mod reload;
 mod workers;
 
 use conn::{ConnPermit, Timeouts, OVER_CAPACITY_RESPONSE};
+pub use reload::ReloadFrom;
+use reload::{Reloader, RELOAD_QUEUE};
 use workers::{log_end, Handoff, Hygiene, Workers};
 
 use crate::admin::{Admin, Listings};
@@ -31,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
 use crate::state::Upstream;
+use crate::telemetry::Exporter;
 use crate::upstream::{self, UpstreamClient};
 
 /// Bound on output text kept per observation.
@@ -95,7 +99,29 @@ pub async fn run(
     secret: impl Fn(&str) -> Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store: Box<dyn Store> = match &config.store.postgres {
+    run_reloading(config, None, listeners, secret, shutdown).await
+}
+
+/// [`run`], and with `reload`, re-reads that file on SIGHUP and `POST /admin/reload`
+/// (`reload.rs`); without it, `POST /admin/reload` answers 409.
+pub async fn run_reloading(
+    config: Config,
+    reload: Option<ReloadFrom>,
+    listeners: Listeners,
+    secret: impl Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let store = open_store(&config, &listeners, &secret).await?;
+    serve(config, listeners, secret, shutdown, store, reload).await
+}
+
+/// The store of `config.store`: the SQLite file, or PostgreSQL (`url`) shared by a fleet.
+async fn open_store(
+    config: &Config,
+    listeners: &Listeners,
+    secret: &impl Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Store>, ServerError> {
+    Ok(match &config.store.postgres {
         None => Box::new(
             SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?,
         ),
@@ -124,8 +150,7 @@ pub async fn run(
                 .map_err(|e| ServerError::Setup(e.to_string()))?;
             Box::new(store)
         }
-    };
-    run_with_store(config, listeners, secret, shutdown, store).await
+    })
 }
 
 /// This machine's name, for the replica's id in a fleet.
@@ -147,6 +172,20 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()>,
     store: Box<dyn Store>,
 ) -> Result<(), ServerError> {
+    serve(config, listeners, secret, shutdown, store, None).await
+}
+
+/// The server on `store` until `shutdown`: what [`run`], [`run_reloading`] and
+/// [`run_with_store`] share; with `reload`, the reloader runs beside the listeners.
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    secret: impl Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()>,
+    store: Box<dyn Store>,
+    reload: Option<ReloadFrom>,
+) -> Result<(), ServerError> {
+    let hangups = reload::hangups(reload.as_ref());
     let token = secret(&config.admin.token_env).filter(|t| !t.is_empty());
     if token.is_none() {
         return Err(ServerError::Setup(format!(
@@ -164,8 +203,21 @@ pub async fn run_with_store(
                 config.default_upstream
             ))
         })?;
+    let extra_roots: Vec<_> = config
+        .upstreams
+        .values()
+        .filter_map(|u| u.ca_file.as_ref())
+        .flat_map(|ca| ca.certs.iter().cloned())
+        .collect();
+    let tls = upstream::tls_config(&extra_roots)
+        .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
+    // Traces, when the OTEL_* variables ask for them: exported with the upstreams' TLS roots.
+    let (telemetry, exporter) = Exporter::from_env(tls.clone())
+        .map_err(|e| ServerError::Setup(e.to_string()))?
+        .unzip();
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServerError::Setup(format!("metrics: {e}")))?);
+    let running_upstreams = upstreams.clone();
     let controller = Controller::start(
         &config,
         store,
@@ -196,14 +248,6 @@ pub async fn run_with_store(
         observe_max_bytes: OBSERVE_MAX_BYTES,
     };
     let connect_timeout = config.server.connect_timeout;
-    let extra_roots: Vec<_> = config
-        .upstreams
-        .values()
-        .filter_map(|u| u.ca_file.as_ref())
-        .flat_map(|ca| ca.certs.iter().cloned())
-        .collect();
-    let tls = upstream::tls_config(&extra_roots)
-        .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
     let caps = Caps::fit(
         config.server.max_connections,
         config.server.max_concurrent_requests,
@@ -229,6 +273,7 @@ pub async fn run_with_store(
         let state = Arc::clone(&state);
         let metrics = Arc::clone(&metrics);
         let mirrors = mirrors.clone();
+        let telemetry = telemetry.clone();
         move || {
             // Each worker's own pool: its upstream connections are polled by its thread.
             let client = UpstreamClient::new(connect_timeout, tls.clone());
@@ -245,11 +290,22 @@ pub async fn run_with_store(
                 metrics: Arc::clone(&metrics),
                 shadow,
                 limits,
+                telemetry: telemetry.clone(),
             }
         }
     })?;
     let proxy_metrics = Arc::clone(&metrics);
+    let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
+    let reloader = reload.map(|from| Reloader {
+        from,
+        hangups,
+        running: config.clone(),
+        upstreams: running_upstreams,
+        secret: &secret,
+        control: control_tx.clone(),
+    });
     let admin = Arc::new(Admin {
+        reload: reloader.is_some().then_some(reload_tx),
         metrics,
         control: control_tx,
         store: store_status,
@@ -265,10 +321,11 @@ pub async fn run_with_store(
         max_connections = caps.connections,
         max_concurrent_requests = caps.requests,
         fd_limit = caps.fd_limit,
+        tracing = telemetry.is_some(),
         "understudy serving"
     );
     let graceful = GracefulShutdown::new();
-    let (workers, (), ()) = tokio::join!(
+    let (workers, (), (), ()) = tokio::join!(
         proxy_accept_loop(
             listeners.proxy,
             workers,
@@ -287,6 +344,11 @@ pub async fn run_with_store(
         async {
             shutdown.await;
             stop.cancel();
+        },
+        async {
+            if let Some(reloader) = reloader {
+                reloader.serve(reload_rx, &stop).await;
+            }
         },
     );
     tracing::info!("shutting down: no new connections; waiting for in-flight responses");
@@ -308,6 +370,10 @@ pub async fn run_with_store(
     workers.stop().await;
     controller_stop.cancel();
     let _ = controller_task.await;
+    // After the mirrors: their spans are queued by now; exported within the exporter's timeout.
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
