@@ -138,3 +138,29 @@ struct Tagged<'a> {
     #[serde(borrow, rename = "type")]
     kind: Cow<'a, str>,
 }
+
+/// The cheap check of an event read for its outcome only: its data is a JSON object (starts with
+/// `{` and ends with `}`). Catches the failures seen in the wild (an HTML error page, an event
+/// cut in the middle) without the cost of parsing it.
+pub(super) fn object_shaped(data: &str) -> serde_json::Result<()> {
+    let data = data.trim_ascii();
+    if data.starts_with('{') && data.ends_with('}') {
+        Ok(())
+    } else {
+        Err(serde::de::Error::custom("not a JSON object"))
+    }
+}
+
+/// Whether `data` has the key `key` (quotes included) with a value other than `null`: a
+/// targeted scan that tells which events are worth parsing. It may say yes for the key's text
+/// inside a string (the event is then parsed for nothing), never no for a real key.
+pub(super) fn has_value(data: &str, key: &str) -> bool {
+    let bytes = data.as_bytes();
+    memchr::memmem::find_iter(bytes, key.as_bytes()).any(|at| {
+        let rest = bytes[at + key.len()..].trim_ascii_start();
+        match rest.strip_prefix(b":") {
+            Some(value) => !value.trim_ascii_start().starts_with(b"null"),
+            None => false,
+        }
+    })
+}
