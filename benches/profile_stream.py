@@ -3,6 +3,7 @@
 
     python3 benches/profile_stream.py                    # this checkout's release binary
     python3 benches/profile_stream.py --binary PATH --requests 400 --out DIR
+    python3 benches/profile_stream.py --nginx --token-ms 20 --requests 200 --conc 20   # paced
 
 Starts the simulated upstream and one Understudy worker (`server.workers = 1`) under valgrind's
 callgrind (instruction counts, not time: another process loading the CPU does not change them),
@@ -82,34 +83,35 @@ def callgrind_run(exe, tmp, args, label, payload_model, proc_start):
     procs = load.Procs()
     try:
         addr, pid = proc_start(procs)
-        out = os.path.join(tmp, f"callgrind.{label}")
-        payload = load.request_bytes(payload_model)
+        payload = load.request_bytes(payload_model, token_ms=args.token_ms)
 
         def zero():
             subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
 
         asyncio.run(drive(addr, payload, args.warmup, args.requests, args.conc, zero))
         subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
-        time.sleep(1)
-        files = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.startswith(f"callgrind.{label}")]
-        # The dump after zeroing: the newest file with the highest part number.
-        newest = max(files, key=os.path.getmtime)
-        if args.out:
-            shutil.copy(newest, os.path.join(args.out, os.path.basename(newest)))
-        return annotate(newest)
     finally:
+        # Read the dump once the process is gone: callgrind has written it whole.
         procs.stop()
+    dump = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.startswith(f"callgrind.{label}.") and f.endswith(".1")]
+    if not dump:
+        raise SystemExit(f"no callgrind dump for {label}")
+    if args.out:
+        shutil.copy(dump[0], os.path.join(args.out, os.path.basename(dump[0])))
+    return annotate(dump[0])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", help="understudy binary (default: build this checkout's release binary)")
+    ap.add_argument("--mock-binary", help="understudy binary whose mock-upstream serves (default: --binary)")
     ap.add_argument("--requests", type=int, default=400, help="streams counted (default 400)")
     ap.add_argument("--warmup", type=int, default=100, help="streams before counting (default 100)")
     ap.add_argument("--conc", type=int, default=4, help="keep-alive connections (default 4)")
     ap.add_argument("--nginx", action="store_true", help="also count nginx proxy_pass (one worker)")
     ap.add_argument("--no-strace", action="store_true", help="skip the system call counts")
+    ap.add_argument("--token-ms", type=int, help="the upstream spaces its events this many ms apart (paced streams)")
     ap.add_argument("--out", help="keep the callgrind files in this directory")
     a = ap.parse_args()
     exe = load.build(a.binary)
@@ -119,7 +121,7 @@ def main():
     mockp = load.Procs()
     try:
         mock_log = os.path.join(tmp, "mock.log")
-        mockp.start([exe, "mock-upstream", "--listen", "127.0.0.1:0"], stdout=open(mock_log, "w"),
+        mockp.start([a.mock_binary or exe, "mock-upstream", "--listen", "127.0.0.1:0"], stdout=open(mock_log, "w"),
                     stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn"))
         mock = load.wait_for(r"listening on (\S+)", mock_log, mockp.procs[0]).group(1)
 
@@ -145,7 +147,8 @@ def main():
                 return addr, procs.procs[-1].pid
             results["nginx"] = callgrind_run(exe, tmp, a, "nginx", "mock-stable", nginx_start)
 
-        print(f"\ninstructions per stream ({a.requests} streams after {a.warmup} warm-up, {a.conc} connections; "
+        paced = f", events {a.token_ms} ms apart" if a.token_ms else ", the upstream's events all at once"
+        print(f"\ninstructions per stream ({a.requests} streams after {a.warmup} warm-up, {a.conc} connections{paced}; "
               f"callgrind, user space only)\n")
         for name, (total, rows) in results.items():
             print(f"{name}: {total / a.requests:,.0f} instructions per stream")
@@ -164,7 +167,8 @@ def main():
                     else:
                         addr = start_nginx_valgrind(tmp, mock, procs, ["strace", "-f", "-c", "-o", trace])
                         model = "mock-stable"
-                    asyncio.run(drive(addr, load.request_bytes(model), 0, a.requests, a.conc, lambda: None))
+                    asyncio.run(drive(addr, load.request_bytes(model, token_ms=a.token_ms), 0, a.requests, a.conc,
+                                      lambda: None))
                 finally:
                     stop_traced(procs)
                 with open(trace) as f:

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::assembly::{has_value, object_shaped, Assembly, WireUsage};
+use super::assembly::{has_value, object_shaped, Assembly, WireUsage, FINISH_REASON, USAGE};
 use super::types::FinishReason;
 
 impl Assembly {
@@ -24,7 +24,7 @@ impl Assembly {
     /// parsed when a scan finds a finish reason or usage in it (the last one or two chunks),
     /// else only checked to be an object.
     pub(super) fn chat_event_outcome(&mut self, data: &str) -> serde_json::Result<()> {
-        if !(has_value(data, "\"finish_reason\"") || has_value(data, "\"usage\"")) {
+        if !(has_value(data, &FINISH_REASON) || has_value(data, &USAGE)) {
             return object_shaped(data);
         }
         let chunk: OpenAiBody<'_> = serde_json::from_str(data)?;

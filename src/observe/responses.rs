@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::assembly::{event_kind, object_shaped, Assembly, WireUsage};
+use super::assembly::{event_kind, object_shaped, Assembly, WireUsage, FUNCTION_CALL};
 use super::types::FinishReason;
 
 impl Assembly {
@@ -78,8 +78,7 @@ impl Assembly {
                 self.responses_event(name, data)
             }
             "response.output_item.added" => {
-                self.called_tool |=
-                    memchr::memmem::find(data.as_bytes(), b"\"function_call\"").is_some();
+                self.called_tool |= FUNCTION_CALL.find(data.as_bytes()).is_some();
                 object_shaped(data)
             }
             _ => object_shaped(data),

@@ -147,6 +147,10 @@ impl RelayBody {
 /// frame it already holds: hyper's client takes two (measured: one turn never sees it).
 const YIELDS: u8 = 2;
 
+/// A frame closer than this to the previous one is taken as part of a burst, worth looking for
+/// more behind it; models space their tokens by milliseconds.
+const BURST_GAP: Duration = Duration::from_millis(1);
+
 /// Most bytes gathered into one frame from frames the upstream had already delivered.
 const MAX_BATCH: usize = 64 * 1024;
 
@@ -203,10 +207,12 @@ impl HttpBody for RelayBody {
     /// (one chunk, one write to the client, however many events the upstream's read held).
     ///
     /// hyper's client hands a body over one frame at a time: its connection task must run to
-    /// hand over the next one. So when a frame came and the next is not there yet, this yields
-    /// once (waking itself, behind that task) and looks again: a frame the upstream connection
-    /// already holds joins the batch, and when nothing more is there the batch goes out at once.
-    /// Nothing waits for the upstream to send more: the cost is one turn of the worker's queue.
+    /// hand over the next one. So when a frame came within `BURST_GAP` of the previous one (or of
+    /// the response head) and the next is not there yet, this yields (waking itself, behind that
+    /// task) and looks again, at most `YIELDS` times: a frame the upstream connection already
+    /// holds joins the batch, and when nothing more is there the batch goes out. Nothing waits
+    /// for the upstream to send more: the cost is at most two turns of the worker's queue, and
+    /// none for a frame that came after a pause (a paced stream's next token).
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -266,8 +272,16 @@ impl HttpBody for RelayBody {
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
-            this.yields = 0;
-            this.last_frame = tokio::time::Instant::now();
+            // A frame right behind the last one is part of a burst (a read that held several
+            // events): look for more before sending. One after a pause (a model's next token)
+            // goes out as soon as it is read, with no turn spent looking.
+            let now = tokio::time::Instant::now();
+            this.yields = if now - this.last_frame < BURST_GAP {
+                0
+            } else {
+                YIELDS
+            };
+            this.last_frame = now;
             let data = match frame.into_data() {
                 Ok(data) => data,
                 Err(trailers) => {
