@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{Phase, Prices, Trigger};
+use crate::domain::{Phase, Prices, RolloutWait, Trigger};
 
 use prometheus::{
     Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -56,6 +56,8 @@ pub struct Metrics {
     pub proxy_connections: IntGauge,
     pub connections_closed: IntCounterVec,
     pub requests_rejected: IntCounterVec,
+    pub rollout_step: IntGaugeVec,
+    pub rollout_waiting: IntGaugeVec,
 }
 
 /// Why the proxy closed a client connection itself (`understudy_connections_closed_total{reason}`).
@@ -151,6 +153,8 @@ impl Metrics {
             store_pending: register(r, IntGauge::with_opts(Opts::new("understudy_store_pending_changes", "Changes in effect (rollbacks) but not yet written to the store, retried every second."))?)?,
             proxy_connections: register(r, IntGauge::new("understudy_proxy_connections", "Client connections open on the proxy listener.")?)?,
             connections_closed: register(r, IntCounterVec::new(Opts::new("understudy_connections_closed_total", "Client connections the proxy closed itself, by reason (header_timeout, idle_timeout, over_capacity, shutdown)."), &["reason"])?)?,
+            rollout_step: register(r, IntGaugeVec::new(Opts::new("understudy_rollout_step", "The automatic rollout's current step, 1-based; 0 when no rollout runs (no candidate, finished or rolled back)."), &["route"])?)?,
+            rollout_waiting: register(r, IntGaugeVec::new(Opts::new("understudy_rollout_waiting", "1 for what the rollout's current step waits for first (ready, paused, duration, samples, noise_floor, quality, errors, done), 0 for the others."), &["route", "reason"])?)?,
             requests_rejected: register(r, IntCounterVec::new(Opts::new("understudy_requests_rejected_total", "Requests answered by the proxy itself before any upstream, by reason (overloaded: 503, body_timeout: 408)."), &["reason"])?)?,
             registry,
         };
@@ -447,6 +451,28 @@ impl Metrics {
         if !route.has_candidate {
             self.forget_quality(route.name);
         }
+    }
+
+    /// Where a route's rollout stands: its step (0: none runs) and what it waits for first
+    /// (None: nothing, or no rollout).
+    pub fn rollout_state(&self, route: &str, step: usize, waiting: Option<RolloutWait>) {
+        self.rollout_step
+            .with_label_values(&[route])
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
+        for w in RolloutWait::ALL {
+            self.rollout_waiting
+                .with_label_values(&[route, w.as_str()])
+                .set(i64::from(waiting == Some(*w)));
+        }
+    }
+
+    /// A rollout moved its candidate to the next step on its evidence: one info line and the
+    /// step gauge.
+    pub fn rollout_advanced(&self, route: &str, step: usize, evidence: &str) {
+        self.rollout_step
+            .with_label_values(&[route])
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
+        tracing::info!(route, step, evidence, "rollout advanced");
     }
 
     /// The route's quality gauges, removed (no candidate to judge).

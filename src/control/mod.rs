@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, StickyKey};
+use crate::config::{Config, RolloutStep, StickyKey};
 use crate::domain::{Phase, ReleaseSpec, Trigger};
 use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
@@ -28,6 +28,7 @@ mod durability;
 mod judge;
 mod lifecycle;
 mod reviews;
+mod rollout;
 mod store;
 mod views;
 
@@ -38,17 +39,22 @@ use reviews::{OutputView, Reviews};
 pub use views::{AlertEffect, AlertOutcome};
 
 pub use reviews::ReviewSample;
+pub use rollout::RolloutAction;
 pub use views::RouteView;
 
 pub use durability::StoreStatus;
 pub use lifecycle::Refused;
-pub use store::{EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition};
+pub use store::{
+    EventRecord, Loaded, RolloutRecord, SampleList, SqliteStore, Store, StoreError, Transition,
+};
 
 /// How often kept review samples are written to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// How often the store is retried while failing (queued changes first), or checked (its file
 /// still the one opened) while healthy.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often running rollouts are looked at (a step that may advance does).
+const ROLLOUT_EVERY: Duration = Duration::from_secs(1);
 /// Events listed per route in its detail.
 const EVENTS_SHOWN: usize = 200;
 
@@ -66,6 +72,8 @@ pub enum Change {
         reason: String,
     },
     Finalize,
+    /// An operator's command to the route's automatic rollout.
+    Rollout(RolloutAction),
 }
 
 /// One firing alert from Alertmanager.
@@ -131,12 +139,31 @@ struct Settings {
     sticky_key: Option<StickyKey>,
     /// Shared by every snapshot of the route, so mirror budgets survive swaps.
     policy: Arc<RoutePolicy>,
+    /// `[routes.NAME.rollout] steps`, when the route walks them by itself.
+    rollout: Option<Vec<RolloutStep>>,
 }
 
 struct RouteRuntime {
     history: RouteHistory,
     judge: Judge,
     reviews: Reviews,
+    /// The route's last rollout row (running while it names the current candidate).
+    rollout: Option<RolloutRecord>,
+    /// Candidate samples scored since the rollout's current step began (or since the start).
+    step_samples: usize,
+}
+
+impl RouteRuntime {
+    /// What the rollout's decision rests on.
+    fn evidence(&self) -> rollout::Evidence {
+        rollout::Evidence {
+            step_samples: self.step_samples,
+            window_samples: self.judge.samples(),
+            noise_samples: self.judge.noise_samples(),
+            quality_lower: self.judge.quality_lower(),
+            error_upper: self.judge.error_upper(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +224,11 @@ impl Controller {
                 h.releases.push(r);
             }
         }
+        let mut rollouts: HashMap<String, RolloutRecord> = loaded
+            .rollouts
+            .into_iter()
+            .map(|r| (r.route.clone(), r))
+            .collect();
         let mut routes = BTreeMap::new();
         let mut settings = BTreeMap::new();
         let now = now_ms();
@@ -212,9 +244,22 @@ impl Controller {
                     tracing::info!(route = %name, event = %e.kind, to = ?e.to_version, reason = ?e.reason, "reconciled with the configuration");
                 }
             }
-            let history = history.ok_or_else(|| {
+            let mut history = history.ok_or_else(|| {
                 StartError::Invalid(format!("route {name}: no state after reconciling"))
             })?;
+            let mut rollout = rollouts.remove(name);
+            // A candidate without a rollout of its own (new in the file, or the rollout newly
+            // configured) starts at step 1.
+            if let Some(steps) = &cfg.rollout {
+                if rollout::active(&history, rollout.as_ref()).is_none() {
+                    if let Some(t) = rollout::start_existing(&history, &steps.steps, now) {
+                        store.commit(&t)?;
+                        history.apply(&t);
+                        rollout.clone_from(&t.rollout);
+                        tracing::info!(route = %name, "rollout started at step 1");
+                    }
+                }
+            }
             let list = |list: SampleList| -> Result<Vec<ReviewSample>, StoreError> {
                 Ok(store
                     .samples(name, list)?
@@ -234,6 +279,8 @@ impl Controller {
                     history,
                     judge: Judge::default(),
                     reviews,
+                    rollout,
+                    step_samples: 0,
                 },
             );
             let policy = RoutePolicy::new(cfg, &upstreams);
@@ -243,6 +290,7 @@ impl Controller {
                     alias: cfg.model.clone(),
                     sticky_key: cfg.sticky_key.clone(),
                     policy: Arc::new(policy),
+                    rollout: cfg.rollout.as_ref().map(|r| r.steps.clone()),
                 },
             );
         }
@@ -284,6 +332,8 @@ impl Controller {
         shutdown: CancellationToken,
     ) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut rollouts = tokio::time::interval(ROLLOUT_EVERY);
+        rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -296,6 +346,7 @@ impl Controller {
                 },
                 _ = retry.tick() => self.tend_store(),
                 _ = flush.tick() => self.flush_reviews(),
+                _ = rollouts.tick() => self.tend_rollouts(),
                 Some(s) = samples.recv() => self.sample(s),
             }
         }
@@ -378,6 +429,9 @@ impl Controller {
         }
         let now = now_ms();
         let h = &rt.history;
+        let steps = self.settings.get(route).and_then(|s| s.rollout.as_deref());
+        // The rollout of the current candidate, when the route has one configured.
+        let running = steps.and_then(|_| rollout::active(h, rt.rollout.as_ref()));
         let t = match &change {
             Change::Publish(spec) => {
                 // The one validation of a release, shared with the configuration file.
@@ -388,9 +442,45 @@ impl Controller {
                     let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
                     return Err(Refused::Invalid(said.join("; ")).into());
                 }
-                Some(lifecycle::publish(h, spec, now))
+                let mut t = lifecycle::publish(h, spec, now);
+                if let Some(steps) = steps {
+                    rollout::start(&mut t, steps, now);
+                }
+                Some(t)
             }
-            Change::Promote { phase, share } => Some(lifecycle::promote(h, *phase, *share, now)?),
+            Change::Promote { phase, share } => {
+                let mut t = lifecycle::promote(h, *phase, *share, now)?;
+                // The operator has taken the wheel: the rollout waits until resumed.
+                let why =
+                    "a manual promote paused the rollout; resume hands the candidate back to it";
+                if let Some(p) = running.and_then(|r| rollout::pause(r, why, now)) {
+                    t.rollout = p.rollout;
+                    t.events.extend(p.events);
+                }
+                Some(t)
+            }
+            Change::Rollout(action) => {
+                let Some(steps) = steps else {
+                    return Err(Refused::Conflict(format!(
+                        "route {route} has no automatic rollout: configure [routes.{route}.rollout]"
+                    ))
+                    .into());
+                };
+                let Some(r) = running else {
+                    return Err(Refused::Conflict(format!(
+                        "route {route} has no rollout running (no candidate); publishing one starts it"
+                    ))
+                    .into());
+                };
+                match action {
+                    RolloutAction::Pause => rollout::pause(r, "paused by an operator", now),
+                    RolloutAction::Resume => rollout::resume(h, r, steps, now),
+                    RolloutAction::Skip => {
+                        let why = format!("skipped by an operator at step {}", r.step + 1);
+                        Some(rollout::advance(h, r, steps, &why, now)?)
+                    }
+                }
+            }
             Change::Rollback {
                 to,
                 trigger,
@@ -504,6 +594,16 @@ impl Controller {
         if let Some(rt) = self.routes.get_mut(route) {
             let before = (rt.history.record.stable, rt.history.record.candidate);
             rt.history.apply(t);
+            if let Some(r) = &t.rollout {
+                let same_step = rt
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|old| (old.candidate, old.step) == (r.candidate, r.step));
+                if !same_step {
+                    rt.step_samples = 0;
+                }
+                rt.rollout = Some(r.clone());
+            }
             let after = (rt.history.record.stable, rt.history.record.candidate);
             if before.0 != after.0 {
                 // A new stable: its noise floor is unknown, so the warm-up starts again.
@@ -572,6 +672,7 @@ impl Controller {
         // A sample for a candidate that is no longer live (rolled back meanwhile) is not judged.
         let live = rt.history.record.candidate == Some(s.candidate_version);
         if live {
+            rt.step_samples += 1;
             rt.judge.record(
                 s.score.combined,
                 s.candidate_error,
@@ -627,6 +728,70 @@ impl Controller {
         };
         if let Err(e) = self.change(&s.route, change) {
             tracing::error!(route = %s.route, error = %e, "automatic rollback failed");
+        }
+    }
+
+    /// The rollout timer: each running rollout whose step has its evidence moves on (committed
+    /// first, like any change, so never while the store is failing); the gauges say where every
+    /// rollout stands and what it waits for.
+    fn tend_rollouts(&mut self) {
+        let now = now_ms();
+        let names: Vec<String> = self.routes.keys().cloned().collect();
+        for name in names {
+            let Some(settings) = self.settings.get(&name) else {
+                continue;
+            };
+            let Some(steps) = settings.rollout.clone() else {
+                continue;
+            };
+            let policy = Arc::clone(&settings.policy);
+            let Some(rt) = self.routes.get(&name) else {
+                continue;
+            };
+            let Some(r) = rollout::active(&rt.history, rt.rollout.as_ref()).cloned() else {
+                self.metrics.rollout_state(&name, 0, None);
+                continue;
+            };
+            let ev = rt.evidence();
+            let decision = rollout::evaluate(&steps, &policy.rollback, &r, &ev, now);
+            let rollout::Decision::Advance = decision else {
+                let first = match &decision {
+                    rollout::Decision::Wait(w) => w.first().map(|w| w.kind()),
+                    rollout::Decision::Advance => None,
+                };
+                self.metrics
+                    .rollout_state(&name, r.step as usize + 1, first);
+                continue;
+            };
+            if !self.durability.healthy() {
+                // Advancing is a risky change: it waits for the store, like a promote.
+                self.metrics.rollout_state(
+                    &name,
+                    r.step as usize + 1,
+                    Some(crate::domain::RolloutWait::Ready),
+                );
+                continue;
+            }
+            let elapsed = Duration::from_millis(u64::try_from(now - r.step_since_ms).unwrap_or(0));
+            let why = rollout::evidence_said(&ev, &policy.rollback, elapsed);
+            match rollout::advance(&rt.history, &r, &steps, &why, now) {
+                Ok(t) => {
+                    let step = t.rollout.as_ref().map_or(0, |r| r.step as usize + 1);
+                    match self.commit(&name, &t) {
+                        Ok(()) => self.metrics.rollout_advanced(&name, step, &why),
+                        Err(e) => {
+                            tracing::error!(route = %name, error = %e, "rollout step not taken");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(route = %name, error = %e, "rollout cannot advance"),
+            }
+            let step = self
+                .routes
+                .get(&name)
+                .and_then(|rt| rollout::active(&rt.history, rt.rollout.as_ref()))
+                .map_or(0, |r| r.step as usize + 1);
+            self.metrics.rollout_state(&name, step, None);
         }
     }
 
@@ -727,7 +892,7 @@ impl Controller {
             .into_iter()
             .map(Into::into)
             .collect();
-        let view = RouteView::new(
+        let mut view = RouteView::new(
             alias,
             &rt.history,
             rt.judge.figures(),
@@ -735,6 +900,18 @@ impl Controller {
             scorers,
             self.durability.status(Some(name)),
         );
+        if let Some(settings) = self.settings.get(name) {
+            if let Some(steps) = &settings.rollout {
+                view.rollout = Some(rollout::RolloutView::new(
+                    &rt.history,
+                    steps,
+                    &settings.policy.rollback,
+                    rt.rollout.as_ref(),
+                    &rt.evidence(),
+                    now_ms(),
+                ));
+            }
+        }
         if !detail {
             return Some(view);
         }
