@@ -22,6 +22,11 @@ const CANDIDATE: &str = "candidate-2024-11-20";
 
 /// Route `bot` (stable and candidate on the simulator) walking `steps`.
 fn config(steps: &str) -> String {
+    config_with(steps, "auto = true")
+}
+
+/// [`config`] with one more `[routes.bot.rollback]` line.
+fn config_with(steps: &str, rollback: &str) -> String {
     support::config()
         .upstream_timeout_secs(5)
         .store("r.db")
@@ -47,6 +52,7 @@ window = 40
 min_samples = 20
 threshold = 0.8
 max_error_rate = 0.1
+{rollback}
 [routes.bot.rollout]
 steps = [
 {steps}
@@ -277,6 +283,58 @@ async fn a_benign_candidate_walks_every_step_to_finalize_by_itself() {
             == 0.0
     })
     .await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_step_advances_without_evidence_that_the_candidate_is_good() {
+    // A bad candidate the judge only reports (auto = false): nothing says it is bad enough to
+    // roll back by itself, and nothing says it is good, so step 1 holds.
+    let sim = Sim::start(style(Style::Benign)).await;
+    sim.sim.set_behavior(CANDIDATE, style(Style::Unrelated));
+    let (server, _dir) = Server::start(&config_with(WALK, "auto = false"), &sim.url).await;
+    traffic(&server, 120).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = route(&server).await;
+    let ro = &r["rollout"];
+    assert_eq!(
+        (r["phase"].as_str(), ro["step"].as_u64()),
+        (Some("shadow"), Some(1)),
+        "{ro}"
+    );
+    assert!(ro["step_samples"].as_u64().unwrap() >= 20, "{ro}");
+    // The judge's window restarts each time it reports (auto = false), so the step waits on
+    // the window's samples or on the quality's lower bound; either way not on its own samples.
+    let reason = ro["reason"].as_str().unwrap();
+    assert!(["samples", "quality"].contains(&reason), "{ro}");
+    let waiting: Vec<&str> = ro["waiting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        waiting
+            .iter()
+            .any(|w| w.starts_with("waiting: quality lower bound 0.")
+                || w.starts_with("waiting: no quality yet")),
+        "{waiting:?}"
+    );
+    assert!(
+        !waiting.iter().any(|w| w.contains("in this step")),
+        "{waiting:?}"
+    );
+    eventually(5, "the waiting gauge", || async {
+        let m = server.metrics().await;
+        ["samples", "quality"].iter().any(|r| {
+            metric_value(
+                &m,
+                &format!(r#"understudy_rollout_waiting{{reason="{r}",route="bot"}}"#),
+            ) == 1.0
+        })
+    })
+    .await;
+    assert!(events(&r, "rollout_step").len() == 1, "only the start");
     server.shutdown().await;
 }
 
