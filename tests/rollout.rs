@@ -9,12 +9,17 @@
 mod support;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
 use support::*;
+use understudy::store::{
+    EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition,
+};
 use understudy_sim::{Behavior, Style};
 
 const STABLE: &str = "stable-2024-08-06";
@@ -588,5 +593,105 @@ async fn rollout_state_survives_a_restart() {
         ),
         (Some("running"), Some(2))
     );
+    server.shutdown().await;
+}
+
+/// The SQLite store, whose writes fail with ENOSPC while `full` is set (as on a full disk).
+struct Faulty {
+    inner: SqliteStore,
+    full: Arc<AtomicBool>,
+}
+
+impl Faulty {
+    fn refuse(&self) -> Result<(), StoreError> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                path: self.inner.path().to_path_buf(),
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for Faulty {
+    fn check(&self) -> Result<(), StoreError> {
+        self.inner.check()
+    }
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.refuse()?;
+        self.inner.probe()
+    }
+    fn load(&self) -> Result<Loaded, StoreError> {
+        self.inner.load()
+    }
+    fn commit(&mut self, t: &Transition) -> Result<(), StoreError> {
+        self.refuse()?;
+        self.inner.commit(t)
+    }
+    fn events(&self, route: &str, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.inner.events(route, limit)
+    }
+    fn replace_samples(
+        &mut self,
+        route: &str,
+        list: SampleList,
+        samples: &[String],
+    ) -> Result<(), StoreError> {
+        self.refuse()?;
+        self.inner.replace_samples(route, list, samples)
+    }
+    fn samples(&self, route: &str, list: SampleList) -> Result<Vec<String>, StoreError> {
+        self.inner.samples(route, list)
+    }
+}
+
+#[tokio::test]
+async fn a_step_is_written_before_it_is_taken_so_a_failing_store_holds_it() {
+    let sim = Sim::start(style(Style::Benign)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(WALK)
+        .replace("{SIM}", &sim.url)
+        .replace("{DIR}", dir.path().to_str().unwrap());
+    let config = understudy::Config::parse(&text, dir.path()).unwrap();
+    let full = Arc::new(AtomicBool::new(false));
+    let store = Faulty {
+        inner: SqliteStore::open(&dir.path().join("r.db")).unwrap(),
+        full: Arc::clone(&full),
+    };
+    let server = Server::start_config_with_store(config, &[], Some(Box::new(store))).await;
+    // Started (its first state committed): then the disk fills. Step 1's evidence comes in,
+    // but the step is not taken.
+    assert_eq!(route(&server).await["rollout"]["step"], 1);
+    full.store(true, Ordering::SeqCst);
+    traffic(&server, 120).await;
+    eventually(10, "the step ready but held", || async {
+        server
+            .metric(r#"understudy_rollout_waiting{reason="ready",route="bot"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = route(&server).await;
+    assert_eq!(
+        (r["phase"].as_str(), r["rollout"]["step"].as_u64()),
+        (Some("shadow"), Some(1)),
+        "{}",
+        r["rollout"]
+    );
+    // An operator's change is refused the same way, and says why.
+    let paused = rollout(&server, "pause").await;
+    assert_eq!(paused.status, 503, "{}", paused.text());
+    // The disk has room again: the step is written, then taken.
+    full.store(false, Ordering::SeqCst);
+    drive_until(&server, 30, "step 2", |r| r["rollout"]["step"] == 2).await;
+    let r = route(&server).await;
+    assert_eq!(r["phase"], "canary");
+    let phases: Vec<String> = events(&r, "rollout_step")
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(phases, ["shadow", "canary"], "the store has the step");
     server.shutdown().await;
 }
