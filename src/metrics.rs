@@ -154,7 +154,7 @@ impl Metrics {
             proxy_connections: register(r, IntGauge::new("understudy_proxy_connections", "Client connections open on the proxy listener.")?)?,
             connections_closed: register(r, IntCounterVec::new(Opts::new("understudy_connections_closed_total", "Client connections the proxy closed itself, by reason (header_timeout, idle_timeout, over_capacity, shutdown)."), &["reason"])?)?,
             rollout_step: register(r, IntGaugeVec::new(Opts::new("understudy_rollout_step", "The automatic rollout's current step, 1-based; 0 when no rollout runs (no candidate, finished or rolled back)."), &["route"])?)?,
-            rollout_waiting: register(r, IntGaugeVec::new(Opts::new("understudy_rollout_waiting", "1 for what the rollout's current step waits for first (ready, paused, duration, samples, noise_floor, quality, errors, done), 0 for the others."), &["route", "reason"])?)?,
+            rollout_waiting: register(r, IntGaugeVec::new(Opts::new("understudy_rollout_waiting", "1 for what the rollout's current step waits for first (ready, paused, duration, samples, noise_floor, quality, errors, store, done), 0 for the others."), &["route", "reason"])?)?,
             requests_rejected: register(r, IntCounterVec::new(Opts::new("understudy_requests_rejected_total", "Requests answered by the proxy itself before any upstream, by reason (overloaded: 503, body_timeout: 408)."), &["reason"])?)?,
             registry,
         };

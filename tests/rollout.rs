@@ -667,7 +667,7 @@ async fn a_step_is_written_before_it_is_taken_so_a_failing_store_holds_it() {
     traffic(&server, 120).await;
     eventually(10, "the step ready but held", || async {
         server
-            .metric(r#"understudy_rollout_waiting{reason="ready",route="bot"}"#)
+            .metric(r#"understudy_rollout_waiting{reason="store",route="bot"}"#)
             .await
             == 1.0
     })
@@ -679,6 +679,11 @@ async fn a_step_is_written_before_it_is_taken_so_a_failing_store_holds_it() {
         (Some("shadow"), Some(1)),
         "{}",
         r["rollout"]
+    );
+    assert_eq!(r["rollout"]["reason"], "store", "{}", r["rollout"]);
+    assert_eq!(
+        r["rollout"]["waiting"][0],
+        "waiting: the store cannot be written; the step is taken once it can"
     );
     // An operator's change is refused the same way, and says why.
     let paused = rollout(&server, "pause").await;

@@ -768,7 +768,7 @@ impl Controller {
                 self.metrics.rollout_state(
                     &name,
                     r.step as usize + 1,
-                    Some(crate::domain::RolloutWait::Ready),
+                    Some(crate::domain::RolloutWait::Store),
                 );
                 continue;
             }
@@ -902,14 +902,18 @@ impl Controller {
         );
         if let Some(settings) = self.settings.get(name) {
             if let Some(steps) = &settings.rollout {
-                view.rollout = Some(rollout::RolloutView::new(
+                let mut ro = rollout::RolloutView::new(
                     &rt.history,
                     steps,
                     &settings.policy.rollback,
                     rt.rollout.as_ref(),
                     &rt.evidence(),
                     now_ms(),
-                ));
+                );
+                if !self.durability.healthy() {
+                    ro.store_failing();
+                }
+                view.rollout = Some(ro);
             }
         }
         if !detail {

@@ -455,7 +455,8 @@ pub struct RolloutView {
     pub step_elapsed_secs: Option<u64>,
     /// Candidate samples scored in this step.
     pub step_samples: Option<usize>,
-    /// The reason label of the first unmet condition (`ready` when none; running only).
+    /// The reason label of the first unmet condition (`ready` when none, `store` when ready but
+    /// the store cannot be written; running or paused only).
     pub reason: Option<RolloutWait>,
     /// Every unmet condition in words ("waiting: 143/200 samples in this step").
     pub waiting: Vec<String>,
@@ -536,6 +537,18 @@ impl RolloutView {
         view.reason = Some(waiting.first().map_or(RolloutWait::Ready, |w| w.kind()));
         view.waiting = waiting.iter().map(ToString::to_string).collect();
         view
+    }
+}
+
+impl RolloutView {
+    /// The store cannot be written: a step that is ready waits for it (an advance is committed
+    /// before it is taken).
+    pub fn store_failing(&mut self) {
+        if self.reason == Some(RolloutWait::Ready) {
+            self.reason = Some(RolloutWait::Store);
+            self.waiting
+                .push("waiting: the store cannot be written; the step is taken once it can".into());
+        }
     }
 }
 

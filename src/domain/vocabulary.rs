@@ -157,6 +157,9 @@ names!(
         Quality = "quality",
         /// The error rate's upper confidence bound is above `max_error_rate`.
         Errors = "errors",
+        /// The step's conditions hold, but the store cannot be written: the step is taken once
+        /// it can.
+        Store = "store",
         /// The last step holds (no `finalize` step): finalize by hand.
         Done = "done",
     }
