@@ -312,6 +312,64 @@ steps = [
         }
     }
 
+    /// Property: over random step lists, the file is accepted exactly when an independent
+    /// statement of the rules holds, and every problem is named under the rollout's key with
+    /// its line.
+    #[test]
+    fn accepted_exactly_when_the_rules_hold() {
+        use rand::{Rng, SeedableRng};
+        let phases = ["shadow", "canary", "promoted", "stable", "bogus"];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..400 {
+            let n = rng.random_range(1..6);
+            let mut text = String::from("[routes.r.rollout]\nsteps = [\n");
+            let mut valid = true;
+            let mut last_rank = 0;
+            let mut previous_promoted = false;
+            for i in 0..n {
+                if rng.random_bool(0.2) {
+                    text.push_str("{ finalize = true },\n");
+                    valid &= i + 1 == n && previous_promoted;
+                    previous_promoted = false;
+                    continue;
+                }
+                let phase = phases[rng.random_range(0..phases.len())];
+                let share = [0.05, 1.0, 1.5][rng.random_range(0..3)];
+                let duration = ["\"10m\"", "\"1h 30m\"", "\"soon\""][rng.random_range(0..3)];
+                text.push_str(&format!(
+                    "{{ phase = \"{phase}\", share = {share}, min_duration = {duration} }},\n"
+                ));
+                let rank = match phase {
+                    "shadow" => 1,
+                    "canary" => 2,
+                    "promoted" => 3,
+                    _ => 0,
+                };
+                valid &= rank > 0 && share <= 1.0 && duration != "\"soon\"";
+                if rank > 0 {
+                    valid &= rank >= last_rank;
+                    last_rank = rank;
+                }
+                previous_promoted = phase == "promoted";
+            }
+            text.push_str("]\n");
+            match Config::parse(&file(&text), Path::new(".")) {
+                Ok(cfg) => {
+                    assert!(valid, "accepted:\n{text}");
+                    let steps = &cfg.routes["r"].rollout.as_ref().unwrap().steps;
+                    assert_eq!(steps.len(), n, "{text}");
+                }
+                Err(problems) => {
+                    assert!(!valid, "refused:\n{text}\n{problems:?}");
+                    for p in problems {
+                        assert!(p.key.starts_with("routes.r.rollout.steps."), "{p}");
+                        assert!(p.line.is_some_and(|l| l >= 13), "{p}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn durations_parse_and_steps_may_end_without_finalize() {
         let text = file(
