@@ -151,6 +151,9 @@ struct RouteRuntime {
     rollout: Option<RolloutRecord>,
     /// Candidate samples scored since the rollout's current step began (or since the start).
     step_samples: usize,
+    /// The rollout row whose advance was last refused, so the refusal is logged once, not
+    /// every second.
+    refused: Option<RolloutRecord>,
 }
 
 impl RouteRuntime {
@@ -249,14 +252,21 @@ impl Controller {
             })?;
             let mut rollout = rollouts.remove(name);
             // A candidate without a rollout of its own (new in the file, or the rollout newly
-            // configured) starts at step 1.
+            // configured) starts at step 1; a running rollout whose step the file changed is put
+            // at the step's phase and share.
             if let Some(steps) = &cfg.rollout {
-                if rollout::active(&history, rollout.as_ref()).is_none() {
-                    if let Some(t) = rollout::start_existing(&history, &steps.steps, now) {
-                        store.commit(&t)?;
-                        history.apply(&t);
+                let t = match rollout::active(&history, rollout.as_ref()) {
+                    None => rollout::start_existing(&history, &steps.steps, now),
+                    Some(r) => rollout::realign(&history, r, &steps.steps, now),
+                };
+                if let Some(t) = t {
+                    store.commit(&t)?;
+                    history.apply(&t);
+                    if t.rollout.is_some() {
                         rollout.clone_from(&t.rollout);
-                        tracing::info!(route = %name, "rollout started at step 1");
+                    }
+                    for e in &t.events {
+                        tracing::info!(route = %name, reason = ?e.reason, "rollout at start");
                     }
                 }
             }
@@ -281,6 +291,7 @@ impl Controller {
                     reviews,
                     rollout,
                     step_samples: 0,
+                    refused: None,
                 },
             );
             let policy = RoutePolicy::new(cfg, &upstreams);
@@ -784,7 +795,14 @@ impl Controller {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(route = %name, error = %e, "rollout cannot advance"),
+                Err(e) => {
+                    if let Some(rt) = self.routes.get_mut(&name) {
+                        if rt.refused.as_ref() != Some(&r) {
+                            tracing::warn!(route = %name, error = %e, "rollout cannot advance");
+                            rt.refused = Some(r.clone());
+                        }
+                    }
+                }
             }
             let step = self
                 .routes

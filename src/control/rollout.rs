@@ -296,6 +296,47 @@ pub fn start_existing(h: &RouteHistory, steps: &[RolloutStep], now_ms: i64) -> O
     t.rollout.is_some().then_some(t)
 }
 
+/// At start, for a running rollout whose step's phase or share the configuration changed (its
+/// steps were edited): the candidate is put at the step's phase and share. None when they agree,
+/// when paused (`resume` re-applies them) or when the step is not a phase.
+pub fn realign(
+    h: &RouteHistory,
+    r: &RolloutRecord,
+    steps: &[RolloutStep],
+    now_ms: i64,
+) -> Option<Transition> {
+    if r.paused_at_ms.is_some() || active(h, Some(r)).is_none() {
+        return None;
+    }
+    let Some(RolloutStep::Hold { phase, share, .. }) = steps.get(r.step as usize) else {
+        return None;
+    };
+    if h.record.phase == *phase && h.record.share == *share {
+        return None;
+    }
+    let mut rec = h.record.clone();
+    rec.phase = *phase;
+    rec.share = *share;
+    rec.updated_at_ms = now_ms;
+    let mut e = lifecycle_event(
+        &rec.route,
+        now_ms,
+        EventKind::RolloutStep,
+        Some(r.candidate),
+        Some((*phase, *share)),
+        format!(
+            "{}: the configuration changed the step",
+            step_said(steps, r.step as usize)
+        ),
+    );
+    e.from_version = Some(h.serving());
+    Some(Transition {
+        route: Some(rec),
+        events: vec![e],
+        ..Transition::default()
+    })
+}
+
 /// The move to the next step: its phase and share, or the finalize; `why` is said in the
 /// event (the evidence, or who skipped). A paused rollout stays paused, on the new step.
 pub fn advance(

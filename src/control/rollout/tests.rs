@@ -431,3 +431,40 @@ fn a_rollout_concerns_one_candidate() {
     assert!(start_existing(&none, &s, 0).is_none());
     assert!(start_existing(&history(), &s, 0).is_some());
 }
+
+#[test]
+fn edited_steps_put_a_running_candidate_at_its_steps_phase() {
+    let mut h = history();
+    h.record.phase = Phase::Canary;
+    h.record.share = 0.05;
+    let r = record(1, 0);
+    // The step agrees: nothing to do.
+    assert!(realign(&h, &r, &steps(), 9).is_none());
+    // Step 2 is now promoted 0.1 (the canary steps were dropped from the file).
+    let edited = [
+        hold(Phase::Shadow, 0.05, 0, 200),
+        hold(Phase::Promoted, 0.1, 60, 30),
+        RolloutStep::Finalize,
+    ];
+    let t = realign(&h, &r, &edited, 9).unwrap();
+    let rec = t.route.clone().unwrap();
+    assert_eq!((rec.phase, rec.share), (Phase::Promoted, 0.1));
+    assert_eq!(t.rollout, None, "the step and its clock stay");
+    assert_eq!(
+        t.events[0].reason.as_deref(),
+        Some("step 2/3 (promoted 0.1): the configuration changed the step")
+    );
+    h.apply(&t);
+    // ... so its finalize can follow.
+    let t = advance(&h, &r, &edited, "evidence", 10).unwrap();
+    h.apply(&t);
+    assert_eq!((h.record.stable, h.record.candidate), (2, None));
+    // Paused: left for resume to re-apply.
+    let paused = RolloutRecord {
+        paused_at_ms: Some(5),
+        ..record(1, 0)
+    };
+    let mut h = history();
+    h.record.phase = Phase::Canary;
+    assert!(realign(&h, &paused, &edited, 9).is_none());
+}
