@@ -6,6 +6,8 @@
 //! and the event log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // test code
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
 use std::process::Command;
@@ -699,4 +701,87 @@ async fn a_step_is_written_before_it_is_taken_so_a_failing_store_holds_it() {
         .collect();
     assert_eq!(phases, ["shadow", "canary"], "the store has the step");
     server.shutdown().await;
+}
+
+/// A reload (`POST /admin/reload`) that configures a rollout starts it for the running
+/// candidate; one that edits the current step puts the candidate at the step's phase and share.
+#[tokio::test]
+async fn a_reload_starts_a_rollout_and_applies_edited_steps() {
+    let sim = Sim::start(style(Style::Benign)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("understudy.toml");
+    let write = |rollout: Option<&str>| {
+        let mut text = config("  { phase = \"canary\", share = 0.5, min_duration = \"1h\" },")
+            .replace("{SIM}", &sim.url)
+            .replace("{DIR}", dir.path().to_str().unwrap());
+        let at = text.find("[routes.bot.rollout]").unwrap();
+        text.truncate(at);
+        if let Some(steps) = rollout {
+            text.push_str(&format!("[routes.bot.rollout]\nsteps = [\n{steps}\n]\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+    };
+    write(None);
+    let server = binary::Binary::start(binary::serve_command(&path, &[])).await;
+    let auth = format!("Bearer {TOKEN}");
+    let get = || async {
+        send(
+            Method::GET,
+            &format!("{}/admin/routes/bot", server.admin),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .json()
+    };
+    let reload = || async {
+        let r = send(
+            Method::POST,
+            &format!("{}/admin/reload", server.admin),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    let r = get().await;
+    assert!(r.get("rollout").is_none(), "no rollout configured: {r}");
+    assert_eq!(r["phase"], "shadow");
+
+    write(Some(
+        "  { phase = \"canary\", share = 0.5, min_duration = \"1h\" },\n  \
+         { phase = \"promoted\", share = 1.0, min_duration = \"1h\" },\n  { finalize = true },",
+    ));
+    reload().await;
+    let r = get().await;
+    assert_eq!(
+        (r["phase"].as_str(), r["share"].as_f64()),
+        (Some("canary"), Some(0.5))
+    );
+    assert_eq!(
+        (
+            r["rollout"]["state"].as_str(),
+            r["rollout"]["step"].as_u64(),
+            r["rollout"]["steps"].as_u64()
+        ),
+        (Some("running"), Some(1), Some(3))
+    );
+
+    write(Some(
+        "  { phase = \"shadow\", share = 1.0, min_duration = \"1h\" },\n  \
+         { phase = \"promoted\", share = 1.0, min_duration = \"1h\" },\n  { finalize = true },",
+    ));
+    reload().await;
+    let r = get().await;
+    assert_eq!(
+        (r["phase"].as_str(), r["share"].as_f64()),
+        (Some("shadow"), Some(1.0))
+    );
+    assert_eq!(r["rollout"]["step"], 1);
+    let last = events(&r, "rollout_step").pop().unwrap();
+    assert_eq!(
+        last["reason"],
+        "step 1/3 (shadow 1): the configuration changed the step"
+    );
+    server.stop().await;
 }

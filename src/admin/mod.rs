@@ -30,8 +30,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::{
-    AlertEffect, Change, ChangeError, Command, Refused, RolloutAction, RouteView, SampleOrder,
-    StoreStatus,
+    AlertEffect, Change, ChangeError, Command, Refused, ReloadRequest, RolloutAction, RouteView,
+    SampleOrder, StoreStatus,
 };
 use crate::domain::{
     cut, full, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger, MAX_REASON_BYTES,
@@ -43,6 +43,7 @@ pub use listing::Listings;
 mod alertmanager;
 mod client;
 mod listing;
+mod reload;
 
 pub use client::AdminClient;
 
@@ -62,6 +63,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// Listings answered at once, each until its body is sent: bounds what slow readers hold.
     pub listings: Listings,
+    /// Reload requests for the server's reloader; None when not started from a file.
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
 type Reply = Result<Response<Body>, Infallible>;
@@ -149,6 +152,7 @@ impl Admin {
                     Err(e) => e.into_response(),
                 }
             }
+            (&Method::POST, ["admin", "reload"]) => reload::reload(self.reload.as_ref()).await,
             (&Method::POST, ["admin", "alertmanager"]) => match read_json(req).await {
                 Ok(body) => self.alertmanager(body).await,
                 Err(e) => e.into_response(),

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, RolloutStep, StickyKey};
+use crate::config::{Config, RolloutStep, RouteConfig, StickyKey};
 use crate::domain::{Phase, ReleaseSpec, Trigger};
 use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
@@ -27,6 +27,7 @@ use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 mod durability;
 mod judge;
 mod lifecycle;
+mod reload;
 mod reviews;
 mod rollout;
 mod store;
@@ -44,6 +45,7 @@ pub use views::RouteView;
 
 pub use durability::StoreStatus;
 pub use lifecycle::Refused;
+pub use reload::{Reconfigure, ReloadError, ReloadOutcome, ReloadRequest, Reloaded};
 pub use store::{
     EventRecord, Loaded, RolloutRecord, SampleList, SqliteStore, Store, StoreError, Transition,
 };
@@ -125,6 +127,11 @@ pub enum Command {
         limit: usize,
         reply: Reply<Option<Vec<ReviewSample>>>,
     },
+    /// A re-read configuration file (`reload.rs`).
+    Reload {
+        next: Box<Reconfigure>,
+        reply: Reply<Result<Reloaded, ReloadError>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,8 +146,24 @@ struct Settings {
     sticky_key: Option<StickyKey>,
     /// Shared by every snapshot of the route, so mirror budgets survive swaps.
     policy: Arc<RoutePolicy>,
+    /// The route's configuration, to tell whether a reload changes it.
+    config: RouteConfig,
+}
+
+impl Settings {
+    fn of(cfg: &RouteConfig, policy: Arc<RoutePolicy>) -> Settings {
+        Settings {
+            alias: cfg.model.clone(),
+            sticky_key: cfg.sticky_key.clone(),
+            policy,
+            config: cfg.clone(),
+        }
+    }
+
     /// `[routes.NAME.rollout] steps`, when the route walks them by itself.
-    rollout: Option<Vec<RolloutStep>>,
+    fn rollout(&self) -> Option<&[RolloutStep]> {
+        self.config.rollout.as_ref().map(|r| r.steps.as_slice())
+    }
 }
 
 struct RouteRuntime {
@@ -157,6 +180,17 @@ struct RouteRuntime {
 }
 
 impl RouteRuntime {
+    fn new(history: RouteHistory, reviews: Reviews, rollout: Option<RolloutRecord>) -> Self {
+        RouteRuntime {
+            history,
+            judge: Judge::default(),
+            reviews,
+            rollout,
+            step_samples: 0,
+            refused: None,
+        }
+    }
+
     /// What the rollout's decision rests on.
     fn evidence(&self) -> rollout::Evidence {
         rollout::Evidence {
@@ -209,29 +243,12 @@ impl Controller {
         metrics: Arc<Metrics>,
     ) -> Result<Controller, StartError> {
         let loaded = store.load()?;
-        let mut histories: HashMap<String, RouteHistory> = loaded
-            .routes
-            .into_iter()
-            .map(|record| {
-                (
-                    record.route.clone(),
-                    RouteHistory {
-                        record,
-                        releases: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        for r in loaded.releases {
-            if let Some(h) = histories.get_mut(&r.route) {
-                h.releases.push(r);
-            }
-        }
         let mut rollouts: HashMap<String, RolloutRecord> = loaded
             .rollouts
-            .into_iter()
-            .map(|r| (r.route.clone(), r))
+            .iter()
+            .map(|r| (r.route.clone(), r.clone()))
             .collect();
+        let mut histories = reload::histories(loaded);
         let mut routes = BTreeMap::new();
         let mut settings = BTreeMap::new();
         let now = now_ms();
@@ -247,63 +264,14 @@ impl Controller {
                     tracing::info!(route = %name, event = %e.kind, to = ?e.to_version, reason = ?e.reason, "reconciled with the configuration");
                 }
             }
-            let mut history = history.ok_or_else(|| {
+            let history = history.ok_or_else(|| {
                 StartError::Invalid(format!("route {name}: no state after reconciling"))
             })?;
-            let mut rollout = rollouts.remove(name);
-            // A candidate without a rollout of its own (new in the file, or the rollout newly
-            // configured) starts at step 1; a running rollout whose step the file changed is put
-            // at the step's phase and share.
-            if let Some(steps) = &cfg.rollout {
-                let t = match rollout::active(&history, rollout.as_ref()) {
-                    None => rollout::start_existing(&history, &steps.steps, now),
-                    Some(r) => rollout::realign(&history, r, &steps.steps, now),
-                };
-                if let Some(t) = t {
-                    store.commit(&t)?;
-                    history.apply(&t);
-                    if t.rollout.is_some() {
-                        rollout.clone_from(&t.rollout);
-                    }
-                    for e in &t.events {
-                        tracing::info!(route = %name, reason = ?e.reason, "rollout at start");
-                    }
-                }
-            }
-            let list = |list: SampleList| -> Result<Vec<ReviewSample>, StoreError> {
-                Ok(store
-                    .samples(name, list)?
-                    .iter()
-                    .filter_map(|s| serde_json::from_str(s).ok())
-                    .collect())
-            };
-            let seen = store
-                .samples(name, SampleList::Seen)?
-                .first()
-                .and_then(|s| s.parse().ok());
-            let reviews =
-                Reviews::restore(list(SampleList::Worst)?, list(SampleList::Random)?, seen);
-            routes.insert(
-                name.clone(),
-                RouteRuntime {
-                    history,
-                    judge: Judge::default(),
-                    reviews,
-                    rollout,
-                    step_samples: 0,
-                    refused: None,
-                },
-            );
+            let rollout = rollouts.remove(name);
+            let reviews = reload::restore_reviews(store.as_ref(), name)?;
+            routes.insert(name.clone(), RouteRuntime::new(history, reviews, rollout));
             let policy = RoutePolicy::new(cfg, &upstreams);
-            settings.insert(
-                name.clone(),
-                Settings {
-                    alias: cfg.model.clone(),
-                    sticky_key: cfg.sticky_key.clone(),
-                    policy: Arc::new(policy),
-                    rollout: cfg.rollout.as_ref().map(|r| r.steps.clone()),
-                },
-            );
+            settings.insert(name.clone(), Settings::of(cfg, Arc::new(policy)));
         }
         let mut c = Controller {
             state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
@@ -319,6 +287,7 @@ impl Controller {
             durability: Durability::default(),
             health: watch::channel(StoreStatus::default()).0,
         };
+        c.align_rollouts()?;
         c.publish().map_err(StartError::Invalid)?;
         c.store_turned(Turn::Same);
         Ok(c)
@@ -420,6 +389,9 @@ impl Controller {
                 });
                 let _ = reply.send(out);
             }
+            Command::Reload { next, reply } => {
+                let _ = reply.send(self.reload(*next));
+            }
         }
     }
 
@@ -440,7 +412,7 @@ impl Controller {
         }
         let now = now_ms();
         let h = &rt.history;
-        let steps = self.settings.get(route).and_then(|s| s.rollout.as_deref());
+        let steps = self.settings.get(route).and_then(Settings::rollout);
         // The rollout of the current candidate, when the route has one configured.
         let running = steps.and_then(|_| rollout::active(h, rt.rollout.as_ref()));
         let t = match &change {
@@ -742,6 +714,62 @@ impl Controller {
         }
     }
 
+    /// At start and after a reload, each route's rollout as the file says: a candidate without a
+    /// rollout of its own (new in the file, or the rollout newly configured) starts at step 1; a
+    /// running rollout whose step the file changed keeps its step number, its candidate put at
+    /// the step's phase and share. Each committed before it takes effect.
+    fn align_rollouts(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut planned = Vec::new();
+        for (name, rt) in &self.routes {
+            let Some(steps) = self.settings.get(name).and_then(Settings::rollout) else {
+                continue;
+            };
+            let t = match rollout::active(&rt.history, rt.rollout.as_ref()) {
+                None => rollout::start_existing(&rt.history, steps, now),
+                Some(r) => rollout::realign(&rt.history, r, steps, now),
+            };
+            planned.extend(t.map(|t| (name.clone(), t)));
+        }
+        for (name, t) in planned {
+            self.commit(&name, &t).map_err(|e| match e {
+                ChangeError::Store(e) => e,
+                other => StoreError::Corrupt(other.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// After a reload: the rollout rows of routes it added, read from the store, then
+    /// [`Self::align_rollouts`]. A failure is logged: the reload itself is in effect.
+    fn rollouts_after_reload(&mut self) {
+        let unknown = self.routes.iter().any(|(name, rt)| {
+            rt.rollout.is_none()
+                && self
+                    .settings
+                    .get(name)
+                    .and_then(Settings::rollout)
+                    .is_some()
+        });
+        if unknown {
+            match self.store.load() {
+                Ok(loaded) => {
+                    for r in loaded.rollouts {
+                        if let Some(rt) = self.routes.get_mut(&r.route) {
+                            if rt.rollout.is_none() {
+                                rt.rollout = Some(r);
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.metrics.store_error("read", &e, false),
+            }
+        }
+        if let Err(e) = self.align_rollouts() {
+            tracing::error!(error = %e, "rollouts not aligned with the reloaded configuration");
+        }
+    }
+
     /// The rollout timer: each running rollout whose step has its evidence moves on (committed
     /// first, like any change, so never while the store is failing); the gauges say where every
     /// rollout stands and what it waits for.
@@ -752,7 +780,7 @@ impl Controller {
             let Some(settings) = self.settings.get(&name) else {
                 continue;
             };
-            let Some(steps) = settings.rollout.clone() else {
+            let Some(steps) = settings.rollout().map(<[RolloutStep]>::to_vec) else {
                 continue;
             };
             let policy = Arc::clone(&settings.policy);
@@ -919,7 +947,7 @@ impl Controller {
             self.durability.status(Some(name)),
         );
         if let Some(settings) = self.settings.get(name) {
-            if let Some(steps) = &settings.rollout {
+            if let Some(steps) = settings.rollout() {
                 let mut ro = rollout::RolloutView::new(
                     &rt.history,
                     steps,
