@@ -25,6 +25,7 @@ use crate::shadow::Sample;
 use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 
 mod durability;
+mod fleet;
 mod judge;
 mod lifecycle;
 mod reload;
@@ -44,10 +45,12 @@ pub use rollout::RolloutAction;
 pub use views::RouteView;
 
 pub use durability::StoreStatus;
+pub use fleet::FleetView;
 pub use lifecycle::Refused;
 pub use reload::{Reconfigure, ReloadError, ReloadOutcome, ReloadRequest, Reloaded};
 pub use store::{
-    EventRecord, Loaded, RolloutRecord, SampleList, SqliteStore, Store, StoreError, Transition,
+    EventRecord, Fleet, FleetSignal, JudgeInput, JudgeSample, Loaded, PgStore, ReleaseRecord,
+    Replica, RolloutRecord, RouteRecord, SampleList, SqliteStore, Store, StoreError, Transition,
 };
 
 /// How often kept review samples are written to the store.
@@ -57,6 +60,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(2);
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How often running rollouts are looked at (a step that may advance does).
 const ROLLOUT_EVERY: Duration = Duration::from_secs(1);
+/// How often, in a fleet, this replica's scores go onto the shared stream and the stream's new
+/// scores into the judges.
+const FLEET_JUDGE_EVERY: Duration = Duration::from_millis(100);
 /// Events listed per route in its detail.
 const EVENTS_SHOWN: usize = 200;
 
@@ -126,6 +132,10 @@ pub enum Command {
         order: SampleOrder,
         limit: usize,
         reply: Reply<Option<Vec<ReviewSample>>>,
+    },
+    /// The replicas sharing the store (`GET /admin/fleet`).
+    Fleet {
+        reply: Reply<Result<FleetView, StoreError>>,
     },
     /// A re-read configuration file (`reload.rs`).
     Reload {
@@ -224,6 +234,8 @@ pub struct Controller {
     /// The store's status for `/readyz`, which reads it without asking this thread (which may
     /// be waiting on a slow disk).
     health: watch::Sender<StoreStatus>,
+    /// In a fleet (a shared store): the judge's stream, the leadership, the store's signals.
+    fleet: Option<fleet::FleetRuntime>,
 }
 
 fn now_ms() -> i64 {
@@ -242,7 +254,54 @@ impl Controller {
         default_upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
     ) -> Result<Controller, StartError> {
-        let loaded = store.load()?;
+        // Replicas starting together may each create a route: a change another replica made
+        // first is read back and reconciled again.
+        let mut attempts = 0;
+        let (routes, settings) = loop {
+            attempts += 1;
+            match Self::reconcile_all(config, &mut store, &upstreams) {
+                Err(StartError::Store(StoreError::Stale(route))) if attempts < 5 => {
+                    tracing::info!(
+                        route,
+                        "another replica changed the route while starting; reading it again"
+                    );
+                }
+                other => break other?,
+            }
+        };
+        let mut c = Controller {
+            state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
+                Vec::new(),
+                Arc::clone(&default_upstream),
+            ))),
+            metrics,
+            store,
+            upstreams,
+            default_upstream,
+            settings,
+            routes,
+            durability: Durability::default(),
+            health: watch::channel(StoreStatus::default()).0,
+            fleet: None,
+        };
+        c.align_rollouts()?;
+        c.publish().map_err(StartError::Invalid)?;
+        c.store_turned(Turn::Same);
+        c.fleet_start();
+        Ok(c)
+    }
+
+    /// Loads the store and reconciles every configured route with it, committing what changed.
+    #[expect(clippy::type_complexity, reason = "two maps, used once")]
+    fn reconcile_all(
+        config: &Config,
+        store: &mut Box<dyn Store>,
+        upstreams: &HashMap<String, Arc<Upstream>>,
+    ) -> Result<(BTreeMap<String, RouteRuntime>, BTreeMap<String, Settings>), StartError> {
+        let loaded = match store.fleet() {
+            Some(fleet) => fleet.reload()?,
+            None => store.load()?,
+        };
         let mut rollouts: HashMap<String, RolloutRecord> = loaded
             .rollouts
             .iter()
@@ -270,27 +329,10 @@ impl Controller {
             let rollout = rollouts.remove(name);
             let reviews = reload::restore_reviews(store.as_ref(), name)?;
             routes.insert(name.clone(), RouteRuntime::new(history, reviews, rollout));
-            let policy = RoutePolicy::new(cfg, &upstreams);
+            let policy = RoutePolicy::new(cfg, upstreams);
             settings.insert(name.clone(), Settings::of(cfg, Arc::new(policy)));
         }
-        let mut c = Controller {
-            state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
-                Vec::new(),
-                Arc::clone(&default_upstream),
-            ))),
-            metrics,
-            store,
-            upstreams,
-            default_upstream,
-            settings,
-            routes,
-            durability: Durability::default(),
-            health: watch::channel(StoreStatus::default()).0,
-        };
-        c.align_rollouts()?;
-        c.publish().map_err(StartError::Invalid)?;
-        c.store_turned(Turn::Same);
-        Ok(c)
+        Ok((routes, settings))
     }
 
     /// The snapshot the request path reads.
@@ -316,6 +358,14 @@ impl Controller {
         rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut judge = tokio::time::interval(FLEET_JUDGE_EVERY);
+        judge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signal = self.fleet.as_ref().map(|f| f.signal.clone());
+        if let Some(s) = &mut signal {
+            // What the store's session learned before this loop (the lock, a newer version).
+            s.mark_changed();
+        }
+        let in_fleet = signal.is_some();
         loop {
             tokio::select! {
                 biased;
@@ -324,7 +374,9 @@ impl Controller {
                     Some(cmd) => self.apply(cmd),
                     None => break,
                 },
+                Ok(()) = changed(&mut signal) => self.fleet_signalled(),
                 _ = retry.tick() => self.tend_store(),
+                _ = judge.tick(), if in_fleet => self.fleet_tick(),
                 _ = flush.tick() => self.flush_reviews(),
                 _ = rollouts.tick() => self.tend_rollouts(),
                 Some(s) = samples.recv() => self.sample(s),
@@ -332,6 +384,7 @@ impl Controller {
         }
         self.flush_reviews();
         self.flush_pending();
+        self.fleet_tick();
         if self.durability.pending() > 0 {
             tracing::error!(
                 pending = self.durability.pending(),
@@ -348,7 +401,12 @@ impl Controller {
                 change,
                 reply,
             } => {
-                let result = self.change(&route, change).and_then(|()| {
+                let result = match self.change(&route, change.clone()) {
+                    // Another replica changed the route first: computed again on its state.
+                    Err(ChangeError::Store(StoreError::Stale(_))) => self.change(&route, change),
+                    other => other,
+                };
+                let result = result.and_then(|()| {
                     let mut view = self
                         .view(&route, false)
                         .ok_or_else(|| ChangeError::UnknownRoute(route.clone()))?;
@@ -388,6 +446,9 @@ impl Controller {
                     list.iter().take(limit).cloned().collect()
                 });
                 let _ = reply.send(out);
+            }
+            Command::Fleet { reply } => {
+                let _ = reply.send(self.fleet_view());
             }
             Command::Reload { next, reply } => {
                 let _ = reply.send(self.reload(*next));
@@ -484,15 +545,31 @@ impl Controller {
             .events
             .last()
             .map_or((None, None), |e| (e.from_version, e.to_version));
-        self.metrics.rolled_back(route, *trigger, reason, from, to);
+        let dropped = self.fleet_dropped();
         self.durability.queue(route, t);
         self.flush_pending();
+        if self.fleet_dropped() == dropped {
+            self.metrics.rolled_back(route, *trigger, reason, from, to);
+        } else {
+            // Another replica rolled the same candidate back first (a duplicate alert): one
+            // rollback fleet-wide, counted where it was written.
+            tracing::info!(
+                route,
+                trigger = trigger.as_str(),
+                "already rolled back by another replica"
+            );
+        }
         Ok(())
     }
 
     /// Commits `t`, applies it in memory and publishes the new snapshot.
     fn commit(&mut self, route: &str, t: &Transition) -> Result<(), ChangeError> {
         if let Err(e) = self.store.commit(t) {
+            if let StoreError::Stale(_) = e {
+                // Not a failing store: another replica changed the route first.
+                self.resync();
+                return Err(e.into());
+            }
             let turn = self.durability.failed(e.to_string());
             self.metrics
                 .store_error("commit", &e, turn == Turn::Failing);
@@ -508,8 +585,22 @@ impl Controller {
     /// Writes the queued changes in order, as far as the store takes them. A change whose
     /// earlier attempt failed is first looked for in the store, so none is written twice.
     fn flush_pending(&mut self) {
+        for _ in 0..3 {
+            let before = self.durability.failure().map(str::to_owned);
+            if self.flush_once() {
+                return;
+            }
+            // Another replica changed the route first: not a failure of the store. Read its
+            // state; the rollback, computed again on it, is written (or is already done).
+            self.durability.restore(before);
+            self.resync();
+        }
+    }
+
+    /// One attempt of `flush_pending`; false when a shared store said a route changed first.
+    fn flush_once(&mut self) -> bool {
         if self.durability.pending() == 0 {
-            return;
+            return true;
         }
         let store = &mut self.store;
         let flushed = self.durability.flush(|p| {
@@ -521,14 +612,18 @@ impl Controller {
             }
             store.commit(&p.transition)
         });
+        for route in &flushed.committed {
+            tracing::debug!(route, "queued change written to the store");
+        }
+        if let Some(StoreError::Stale(_)) = &flushed.error {
+            return false;
+        }
         if let Some(e) = &flushed.error {
             self.metrics
                 .store_error("commit", e, flushed.turn == Turn::Failing);
         }
-        for route in &flushed.committed {
-            tracing::debug!(route, "queued change written to the store");
-        }
         self.store_turned(flushed.turn);
+        true
     }
 
     /// The retry timer: write what is queued; else, while failing, probe the store with a write
@@ -647,14 +742,16 @@ impl Controller {
         };
         let policy = &settings.policy;
         let window = policy.rollback.window;
-        if let Some(noise) = &s.noise {
+        // In a fleet the judges are fed from the shared stream (`fleet.rs`), this one included.
+        let local = self.fleet.is_none();
+        if let (true, Some(noise)) = (local, &s.noise) {
             rt.judge
                 .record_noise(noise.combined, &noise.tracked(), window);
             policy.set_noise_samples(rt.judge.noise_samples());
         }
         // A sample for a candidate that is no longer live (rolled back meanwhile) is not judged.
         let live = rt.history.record.candidate == Some(s.candidate_version);
-        if live {
+        if live && local {
             rt.step_samples += 1;
             rt.judge.record(
                 s.score.combined,
@@ -690,17 +787,30 @@ impl Controller {
             policy.scoring.keep_random,
             &mut rand::rng(),
         );
-        self.metrics.judged(&s.route, &rt.judge.figures());
-        if !live {
+        if !local {
+            self.fleet_sample(&s);
             return;
         }
+        self.metrics.judged(&s.route, &rt.judge.figures());
+        if live {
+            self.decide(&s.route);
+        }
+    }
+
+    /// The judge's decision for a route, acted on (or only logged, with `auto = false`).
+    fn decide(&mut self, route: &str) {
+        let (Some(rt), Some(settings)) = (self.routes.get_mut(route), self.settings.get(route))
+        else {
+            return;
+        };
+        let policy = &settings.policy;
         let Some(trigger) = rt.judge.decide(&policy.rollback) else {
             return;
         };
         let reason = rt.judge.explain(trigger, &policy.rollback);
         if !policy.rollback.auto {
             // Alert-only: the quality gauge and Prometheus rules carry it from here.
-            tracing::warn!(route = %s.route, trigger = trigger.as_str(), %reason, "judge would roll back (auto = false)");
+            tracing::warn!(route, trigger = trigger.as_str(), %reason, "judge would roll back (auto = false)");
             rt.judge.reset_candidate();
             return;
         }
@@ -709,35 +819,49 @@ impl Controller {
             trigger,
             reason,
         };
-        if let Err(e) = self.change(&s.route, change) {
-            tracing::error!(route = %s.route, error = %e, "automatic rollback failed");
+        if let Err(e) = self.change(route, change) {
+            tracing::error!(route, error = %e, "automatic rollback failed");
         }
     }
 
     /// At start and after a reload, each route's rollout as the file says: a candidate without a
     /// rollout of its own (new in the file, or the rollout newly configured) starts at step 1; a
     /// running rollout whose step the file changed keeps its step number, its candidate put at
-    /// the step's phase and share. Each committed before it takes effect.
+    /// the step's phase and share. Each committed before it takes effect. In a fleet, replicas
+    /// starting together plan the same changes: the one another replica made first is read back
+    /// (`commit` resyncs on `Stale`) and the plan made again, so it lands once.
     fn align_rollouts(&mut self) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut planned = Vec::new();
-        for (name, rt) in &self.routes {
-            let Some(steps) = self.settings.get(name).and_then(Settings::rollout) else {
-                continue;
-            };
-            let t = match rollout::active(&rt.history, rt.rollout.as_ref()) {
-                None => rollout::start_existing(&rt.history, steps, now),
-                Some(r) => rollout::realign(&rt.history, r, steps, now),
-            };
-            planned.extend(t.map(|t| (name.clone(), t)));
+        let mut attempts = 0;
+        'plan: loop {
+            attempts += 1;
+            let now = now_ms();
+            let mut planned = Vec::new();
+            for (name, rt) in &self.routes {
+                let Some(steps) = self.settings.get(name).and_then(Settings::rollout) else {
+                    continue;
+                };
+                let t = match rollout::active(&rt.history, rt.rollout.as_ref()) {
+                    None => rollout::start_existing(&rt.history, steps, now),
+                    Some(r) => rollout::realign(&rt.history, r, steps, now),
+                };
+                planned.extend(t.map(|t| (name.clone(), t)));
+            }
+            for (name, t) in planned {
+                match self.commit(&name, &t) {
+                    Ok(()) => {}
+                    Err(ChangeError::Store(StoreError::Stale(route))) if attempts < 5 => {
+                        tracing::info!(
+                            route,
+                            "another replica changed the route first; planning its rollout again"
+                        );
+                        continue 'plan;
+                    }
+                    Err(ChangeError::Store(e)) => return Err(e),
+                    Err(other) => return Err(StoreError::Corrupt(other.to_string())),
+                }
+            }
+            return Ok(());
         }
-        for (name, t) in planned {
-            self.commit(&name, &t).map_err(|e| match e {
-                ChangeError::Store(e) => e,
-                other => StoreError::Corrupt(other.to_string()),
-            })?;
-        }
-        Ok(())
     }
 
     /// After a reload: the rollout rows of routes it added, read from the store, then
@@ -772,7 +896,8 @@ impl Controller {
 
     /// The rollout timer: each running rollout whose step has its evidence moves on (committed
     /// first, like any change, so never while the store is failing); the gauges say where every
-    /// rollout stands and what it waits for.
+    /// rollout stands and what it waits for. In a fleet, only the leader (the replica holding the
+    /// judge's lock, whose windows decide rollbacks too) advances.
     fn tend_rollouts(&mut self) {
         let now = now_ms();
         let names: Vec<String> = self.routes.keys().cloned().collect();
@@ -802,6 +927,16 @@ impl Controller {
                     .rollout_state(&name, r.step as usize + 1, first);
                 continue;
             };
+            if self.fleet.as_ref().is_some_and(|f| !f.leader) {
+                // In a fleet only the judge's leader moves rollouts on (its step reaches this
+                // replica through the shared state): ready, the leader advances it.
+                self.metrics.rollout_state(
+                    &name,
+                    r.step as usize + 1,
+                    Some(crate::domain::RolloutWait::Ready),
+                );
+                continue;
+            }
             if !self.durability.healthy() {
                 // Advancing is a risky change: it waits for the store, like a promote.
                 self.metrics.rollout_state(
@@ -979,5 +1114,15 @@ impl Controller {
                 .flat_map(|t| t.events.iter().cloned()),
         );
         Some(view.with_detail(&rt.history, &events))
+    }
+}
+
+/// A change of the fleet's signal; never, outside a fleet.
+async fn changed(
+    signal: &mut Option<watch::Receiver<store::FleetSignal>>,
+) -> Result<(), watch::error::RecvError> {
+    match signal {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
