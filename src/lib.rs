@@ -54,7 +54,8 @@ pub use telemetry::{current_trace_id, TraceIdJson};
 pub mod store {
     pub use crate::control::{
         EventRecord, Fleet, FleetSignal, JudgeInput, JudgeSample, Loaded, PgStore, ReleaseRecord,
-        Replica, RouteRecord, SampleList, SqliteStore, Store, StoreError, Transition,
+        Replica, RolloutRecord, RouteRecord, SampleList, SqliteStore, Store, StoreError,
+        Transition,
     };
     pub use crate::domain::{EventKind, Phase};
 }

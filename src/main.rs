@@ -70,6 +70,12 @@ enum Cmd {
     },
     /// Make a promoted candidate the new stable.
     Finalize { route: String },
+    /// Pause, resume or skip a step of a route's automatic rollout.
+    Rollout {
+        route: String,
+        #[arg(value_parser = ["pause", "resume", "skip"])]
+        action: String,
+    },
     /// A simulated LLM upstream (OpenAI and Anthropic shapes), for tests and benchmarks.
     #[cfg(feature = "sim")]
     #[command(hide = true)]
@@ -113,5 +119,6 @@ fn main() -> ExitCode {
             admin_command(AdminCall::Rollback { route, to, reason })
         }
         Cmd::Finalize { route } => admin_command(AdminCall::Finalize { route }),
+        Cmd::Rollout { route, action } => admin_command(AdminCall::Rollout { route, action }),
     }
 }

@@ -30,8 +30,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::{
-    AlertEffect, Change, ChangeError, Command, Refused, ReloadRequest, RouteView, SampleOrder,
-    StoreStatus,
+    AlertEffect, Change, ChangeError, Command, Refused, ReloadRequest, RolloutAction, RouteView,
+    SampleOrder, StoreStatus,
 };
 use crate::domain::{
     cut, full, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger, MAX_REASON_BYTES,
@@ -388,6 +388,13 @@ struct RollbackBody {
     reason: Option<String>,
 }
 
+/// `POST /admin/routes/{route}/rollout`: `{"action": "pause" | "resume" | "skip"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    action: RolloutAction,
+}
+
 /// A refused admin request, before it reaches the controller.
 #[derive(Debug, thiserror::Error)]
 enum ApiError {
@@ -474,6 +481,10 @@ fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
             })
         }
         "finalize" => Ok(Change::Finalize),
+        "rollout" => {
+            let b: RolloutBody = serde_json::from_value(body).map_err(invalid)?;
+            Ok(Change::Rollout(b.action))
+        }
         _ => Err(ApiError::NoEndpoint),
     }
 }

@@ -200,6 +200,11 @@ pub enum AdminCall {
     Finalize {
         route: String,
     },
+    /// `understudy rollout ROUTE pause|resume|skip`.
+    Rollout {
+        route: String,
+        action: String,
+    },
 }
 
 impl AdminCall {
@@ -210,7 +215,8 @@ impl AdminCall {
             AdminCall::History { route, .. }
             | AdminCall::Promote { route, .. }
             | AdminCall::Rollback { route, .. }
-            | AdminCall::Finalize { route } => Some(route),
+            | AdminCall::Finalize { route }
+            | AdminCall::Rollout { route, .. } => Some(route),
         }
     }
 
@@ -224,6 +230,13 @@ impl AdminCall {
             AdminCall::Promote {
                 share: Some(share), ..
             } => share_problem(*share).map(|p| format!("--share {p}")),
+            AdminCall::Rollout { action, .. }
+                if !["pause", "resume", "skip"].contains(&action.as_str()) =>
+            {
+                Some(format!(
+                    "rollout action must be pause, resume or skip, not {action:?}"
+                ))
+            }
             _ => None,
         }
     }
@@ -278,6 +291,11 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
             client.change(route, "rollback", body).await
         }
         AdminCall::Finalize { route } => client.change(route, "finalize", json!({})).await,
+        AdminCall::Rollout { route, action } => {
+            client
+                .change(route, "rollout", json!({ "action": action }))
+                .await
+        }
     }
     .map_err(|e| e.to_string())?;
     Ok(match call {
@@ -286,13 +304,66 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
                 pretty(&v)
             } else {
                 let routes = v["routes"].as_array().map_or(&[][..], Vec::as_slice);
-                status_table(routes) + &store_notes(routes) + &fleet_table(&v["fleet"])
+                status_table(routes)
+                    + &rollout_notes(routes)
+                    + &store_notes(routes)
+                    + &fleet_table(&v["fleet"])
             }
         }
         AdminCall::Status { json: true, .. } | AdminCall::History { json: true, .. } => pretty(&v),
         AdminCall::History { .. } => history_table(&v),
-        _ => status_table(std::slice::from_ref(&v)) + &store_notes(std::slice::from_ref(&v)),
+        _ => {
+            let one = std::slice::from_ref(&v);
+            status_table(one) + &rollout_notes(one) + &store_notes(one)
+        }
     })
+}
+
+/// Where each route's automatic rollout stands and what its step waits for:
+/// "support-bot: rollout step 2/5 (canary 0.05), running 4m 10s: waiting: 143/200 samples in
+/// this step; ...". Empty for routes without a rollout.
+fn rollout_notes(routes: &[Value]) -> String {
+    let mut out = String::new();
+    for r in routes {
+        let ro = &r["rollout"];
+        if ro.is_null() {
+            continue;
+        }
+        let name = r["name"].as_str().unwrap_or("");
+        let state = ro["state"].as_str().unwrap_or("");
+        let mut line = format!("\n{name}: rollout ");
+        if state == "idle" {
+            line.push_str("idle: the next published candidate starts at step 1");
+            out.push_str(&line);
+            continue;
+        }
+        line.push_str(&format!("step {}/{}", ro["step"], ro["steps"]));
+        if let (Some(phase), Some(share)) = (ro["phase"].as_str(), ro["share"].as_f64()) {
+            line.push_str(&format!(" ({phase} {share})"));
+        }
+        line.push_str(&format!(", {state}"));
+        if let Some(secs) = ro["step_elapsed_secs"].as_u64() {
+            let took = humantime::format_duration(std::time::Duration::from_secs(secs));
+            line.push_str(&format!(" {took} in the step"));
+        }
+        if let Some(n) = ro["step_samples"].as_u64() {
+            line.push_str(&format!(", {n} samples in the step"));
+        }
+        let waiting: Vec<&str> = ro["waiting"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !waiting.is_empty() {
+            line.push_str(": ");
+            line.push_str(&waiting.join("; "));
+        } else if state == "running" {
+            line.push_str(": ready, advancing");
+        }
+        out.push_str(&line);
+    }
+    out
 }
 
 /// A warning for each route whose store is failing, and for a change that is in effect but not

@@ -71,7 +71,7 @@ pub fn record_of(route: &str, version: u32, spec: &ReleaseSpec, now_ms: i64) -> 
     }
 }
 
-fn event(route: &str, now_ms: i64, kind: EventKind) -> EventRecord {
+pub(super) fn event(route: &str, now_ms: i64, kind: EventKind) -> EventRecord {
     EventRecord {
         id: 0,
         route: route.to_string(),

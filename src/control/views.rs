@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::durability::StoreStatus;
 use super::judge::ScorerQuality;
 use super::lifecycle::RouteHistory;
+use super::rollout::RolloutView;
 use super::store::{EventRecord, ReleaseRecord};
 use crate::domain::{EventKind, Phase, ReleaseState, Trigger};
 use crate::metrics::JudgeFigures;
@@ -33,6 +34,9 @@ pub struct RouteView {
     pub scorers: Vec<ScorerView>,
     /// The store's health; `pending` counts this route's changes in effect but not yet durable.
     pub store: StoreStatus,
+    /// Where the automatic rollout stands and what its step waits for, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
     /// In the answer to a change: whether it is durable already (false: in effect, and written
     /// as soon as the store can take it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +74,7 @@ impl RouteView {
             error_rate,
             scorers,
             store,
+            rollout: None,
             durable: None,
             releases: None,
             events: None,
@@ -278,6 +283,7 @@ mod tests {
                 reason: None,
                 pending: 0,
             },
+            rollout: None,
             durable: None,
             releases: Some(vec![release]),
             events: None,

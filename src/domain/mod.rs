@@ -12,4 +12,4 @@ mod vocabulary;
 pub use body::{full, Body, BoxError};
 pub use input::{cut, route_name_problem, share_problem, MAX_REASON_BYTES};
 pub use release::{model_problem, Prices, ReleaseSpec};
-pub use vocabulary::{EventKind, Phase, ReleaseState, Role, Trigger, UnknownName};
+pub use vocabulary::{EventKind, Phase, ReleaseState, Role, RolloutWait, Trigger, UnknownName};

@@ -16,13 +16,14 @@ use std::time::Duration;
 use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
 
 use super::{
-    EventRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord, SampleList, Store,
-    StoreError, Transition,
+    EventRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RolloutRecord, RouteRecord,
+    SampleList, Store, StoreError, Transition,
 };
 use crate::domain::{Phase, Prices, Trigger, UnknownName};
 
 /// The schema, as steps: step `i` takes `user_version` from `i` to `i + 1`. Append, never edit.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE releases (
     route               TEXT    NOT NULL,
     version             INTEGER NOT NULL CHECK (version >= 1),
@@ -72,7 +73,19 @@ CREATE TABLE samples (
     doc      TEXT    NOT NULL,
     PRIMARY KEY (route, kind, position)
 ) STRICT;
-"];
+",
+    "
+CREATE TABLE rollouts (
+    route         TEXT    NOT NULL PRIMARY KEY,
+    candidate     INTEGER NOT NULL,
+    step          INTEGER NOT NULL CHECK (step >= 0),
+    step_since_ms INTEGER NOT NULL,
+    paused_at_ms  INTEGER,
+    updated_at_ms INTEGER NOT NULL,
+    FOREIGN KEY (route, candidate) REFERENCES releases (route, version)
+) STRICT;
+",
+];
 
 const INSERT_RELEASE: &str = "INSERT INTO releases (route, version, label, upstream, model, \
      system_prompt, params, price_prompt, price_completion, created_at_ms, rolled_back_at_ms, \
@@ -93,6 +106,13 @@ const UPSERT_ROUTE: &str = "INSERT INTO routes (route, phase, share, stable, can
      updated_at_ms = excluded.updated_at_ms";
 const SELECT_ROUTES: &str =
     "SELECT route, phase, share, stable, candidate, updated_at_ms FROM routes ORDER BY route";
+const UPSERT_ROLLOUT: &str = "INSERT INTO rollouts (route, candidate, step, step_since_ms, \
+     paused_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (route) DO UPDATE SET candidate = excluded.candidate, step = excluded.step, \
+     step_since_ms = excluded.step_since_ms, paused_at_ms = excluded.paused_at_ms, \
+     updated_at_ms = excluded.updated_at_ms";
+const SELECT_ROLLOUTS: &str = "SELECT route, candidate, step, step_since_ms, paused_at_ms, \
+     updated_at_ms FROM rollouts ORDER BY route";
 const INSERT_EVENT: &str = "INSERT INTO events (route, at_ms, kind, from_version, to_version, \
      phase, share, triggered_by, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const SELECT_EVENTS: &str = "SELECT id, route, at_ms, kind, from_version, to_version, phase, \
@@ -298,7 +318,24 @@ impl Store for SqliteStore {
         while let Some(row) = rows.next()? {
             releases.push(release_from_row(row)?);
         }
-        Ok(Loaded { routes, releases })
+        let mut rollouts = Vec::new();
+        let mut stmt = self.conn.prepare_cached(SELECT_ROLLOUTS)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            rollouts.push(RolloutRecord {
+                route: row.get(0)?,
+                candidate: row.get(1)?,
+                step: row.get(2)?,
+                step_since_ms: row.get(3)?,
+                paused_at_ms: row.get(4)?,
+                updated_at_ms: row.get(5)?,
+            });
+        }
+        Ok(Loaded {
+            routes,
+            releases,
+            rollouts,
+        })
     }
 
     fn commit(&mut self, t: &Transition) -> Result<(), StoreError> {
@@ -334,6 +371,16 @@ impl Store for SqliteStore {
                 r.share,
                 r.stable,
                 r.candidate,
+                r.updated_at_ms
+            ])?;
+        }
+        if let Some(r) = &t.rollout {
+            tx.prepare_cached(UPSERT_ROLLOUT)?.execute(params![
+                r.route,
+                r.candidate,
+                r.step,
+                r.step_since_ms,
+                r.paused_at_ms,
                 r.updated_at_ms
             ])?;
         }
