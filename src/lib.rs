@@ -37,7 +37,10 @@ mod shadow;
 mod state;
 mod upstream;
 
-pub use cli::{admin_command, check_config, serve, AdminCall};
+pub use cli::{
+    admin_command, check_config, drill_command, export_command, replay_command, serve, AdminCall,
+    Pick, ReplayArgs,
+};
 #[cfg(feature = "sim")]
 pub use cli::{demo, mock_upstream};
 pub use config::{ApiFlavor, Config};

@@ -24,22 +24,26 @@ use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
 use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 
+mod drill;
 mod durability;
 mod judge;
 mod lifecycle;
 mod reviews;
 mod store;
+mod trend;
 mod views;
 
 use durability::{Durability, Turn};
 pub use judge::Judge;
 use lifecycle::{AlertBlocked, RouteHistory};
-use reviews::{OutputView, Reviews};
+pub use reviews::OutputView;
+use reviews::Reviews;
 pub use views::{AlertEffect, AlertOutcome};
 
 pub use reviews::ReviewSample;
 pub use views::RouteView;
 
+pub use drill::DRILL_REASON;
 pub use durability::StoreStatus;
 pub use lifecycle::Refused;
 pub use store::{EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition};
@@ -66,6 +70,12 @@ pub enum Change {
         reason: String,
     },
     Finalize,
+    /// Only for `understudy drill`: the candidate it rolled back, back in its phase and share.
+    Restore {
+        version: u32,
+        phase: Phase,
+        share: f64,
+    },
 }
 
 /// One firing alert from Alertmanager.
@@ -117,6 +127,13 @@ pub enum Command {
         limit: usize,
         reply: Reply<Option<Vec<ReviewSample>>>,
     },
+    /// A route as the request path sees it and one of its releases (default: the candidate),
+    /// for a replay; None when there is no such route or release.
+    Release {
+        route: String,
+        version: Option<u32>,
+        reply: Reply<Option<(Arc<Route>, Arc<Release>)>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +154,8 @@ struct RouteRuntime {
     history: RouteHistory,
     judge: Judge,
     reviews: Reviews,
+    /// Quality and noise floor over time, for the review page.
+    trend: trend::Trend,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +253,7 @@ impl Controller {
                     history,
                     judge: Judge::default(),
                     reviews,
+                    trend: trend::Trend::default(),
                 },
             );
             let policy = RoutePolicy::new(cfg, &upstreams);
@@ -358,7 +378,33 @@ impl Controller {
                 });
                 let _ = reply.send(out);
             }
+            Command::Release {
+                route,
+                version,
+                reply,
+            } => {
+                let _ = reply.send(self.release_of(&route, version));
+            }
         }
+    }
+
+    /// The route as the request path sees it, and its release `version` (default: the
+    /// candidate), built from the history when it is neither stable nor the candidate.
+    fn release_of(&self, name: &str, version: Option<u32>) -> Option<(Arc<Route>, Arc<Release>)> {
+        let route = Arc::clone(self.state.load().route(name)?);
+        let version = version.or(route.candidate.as_ref().map(|c| c.version))?;
+        let live = [Some(&route.stable), route.candidate.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|r| r.version == version)
+            .cloned();
+        if let Some(r) = live {
+            return Some((route, r));
+        }
+        let record = self.routes.get(name)?.history.release(version)?;
+        let upstream = self.upstreams.get(&record.upstream)?;
+        let release = Release::new(version, &record.spec(), Arc::clone(upstream));
+        Some((route, Arc::new(release)))
     }
 
     /// Validates, commits and publishes one change. A rollback is published first and written
@@ -397,6 +443,11 @@ impl Controller {
                 reason,
             } => lifecycle::rollback(h, *to, *trigger, reason, now)?,
             Change::Finalize => Some(lifecycle::finalize(h, now)?),
+            Change::Restore {
+                version,
+                phase,
+                share,
+            } => Some(drill::restore(h, *version, *phase, *share, now)?),
         };
         let Some(t) = t else { return Ok(()) };
         let Change::Rollback {
@@ -584,6 +635,8 @@ impl Controller {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             candidate_version: s.candidate_version,
+            stable_version: Some(s.stable_version),
+            api: Some(s.shape.as_str().to_owned()),
             score: s.score.combined,
             scores: s
                 .score
@@ -606,7 +659,11 @@ impl Controller {
             policy.scoring.keep_random,
             &mut rand::rng(),
         );
-        self.metrics.judged(&s.route, &rt.judge.figures());
+        let figures = rt.judge.figures();
+        let record = &rt.history.record;
+        rt.trend
+            .record(now_ms(), &figures, record.phase, record.share);
+        self.metrics.judged(&s.route, &figures);
         if !live {
             return;
         }
@@ -751,6 +808,9 @@ impl Controller {
                 .pending_of(name)
                 .flat_map(|t| t.events.iter().cloned()),
         );
-        Some(view.with_detail(&rt.history, &events))
+        Some(
+            view.with_detail(&rt.history, &events)
+                .with_trend(rt.trend.points()),
+        )
     }
 }

@@ -15,6 +15,12 @@ use crate::observe::Observation;
 pub struct ReviewSample {
     pub at_unix: u64,
     pub candidate_version: u32,
+    /// Stable's version when the pair was made (absent in samples kept before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<u32>,
+    /// The API the request spoke: chat, completions, responses or messages (absent likewise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
     pub score: f64,
     pub scores: BTreeMap<String, f64>,
     pub hard_failure: Option<String>,
@@ -138,6 +144,8 @@ mod tests {
         ReviewSample {
             at_unix: 0,
             candidate_version: n,
+            stable_version: None,
+            api: None,
             score: f64::from(n % 100) / 100.0,
             scores: BTreeMap::new(),
             hard_failure: None,

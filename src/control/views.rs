@@ -10,6 +10,7 @@ use super::durability::StoreStatus;
 use super::judge::ScorerQuality;
 use super::lifecycle::RouteHistory;
 use super::store::{EventRecord, ReleaseRecord};
+use super::trend::TrendPoint;
 use crate::domain::{EventKind, Phase, ReleaseState, Trigger};
 use crate::metrics::JudgeFigures;
 
@@ -43,6 +44,9 @@ pub struct RouteView {
     /// The newest events, oldest first (detail only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<EventView>>,
+    /// Quality and noise floor over the recent past, oldest first (detail only; in memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trend: Option<Vec<TrendPoint>>,
 }
 
 impl RouteView {
@@ -73,6 +77,7 @@ impl RouteView {
             durable: None,
             releases: None,
             events: None,
+            trend: None,
         }
     }
 
@@ -95,6 +100,12 @@ impl RouteView {
                 .collect(),
         );
         self.events = Some(events.iter().map(EventView::from).collect());
+        self
+    }
+
+    /// With the route's trend.
+    pub fn with_trend(mut self, points: Vec<TrendPoint>) -> Self {
+        self.trend = Some(points);
         self
     }
 }
@@ -281,6 +292,7 @@ mod tests {
             durable: None,
             releases: Some(vec![release]),
             events: None,
+            trend: None,
         }
         .redacted();
         let v = serde_json::to_value(&route).unwrap_or_default();

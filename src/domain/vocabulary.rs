@@ -130,6 +130,8 @@ names!(
         RolledBack = "rolled_back",
         /// A promoted candidate became stable.
         Finalized = "finalized",
+        /// A rollback drill put the candidate it had rolled back back in its phase and share.
+        Restored = "restored",
     }
 );
 

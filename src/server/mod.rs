@@ -24,7 +24,7 @@ mod workers;
 use conn::{ConnPermit, Timeouts, OVER_CAPACITY_RESPONSE};
 use workers::{log_end, Handoff, Hygiene, Workers};
 
-use crate::admin::{Admin, Listings};
+use crate::admin::{Admin, Listings, Replayer};
 use crate::config::Config;
 use crate::control::{Controller, SqliteStore, Store};
 use crate::metrics::Metrics;
@@ -185,6 +185,11 @@ pub async fn run_with_store(
         permits: Arc::new(Semaphore::new(caps.requests)),
         cut: CancellationToken::new(),
     };
+    let replayer = Replayer {
+        client: UpstreamClient::new(connect_timeout, tls.clone()),
+        metrics: Arc::clone(&metrics),
+        observe_max_bytes: OBSERVE_MAX_BYTES,
+    };
     let slots = Arc::new(Semaphore::new(caps.connections));
     let connections = TaskTracker::new();
     let workers = Workers::start(config.server.workers(), &connections, &hygiene, {
@@ -217,6 +222,7 @@ pub async fn run_with_store(
         store: store_status,
         token,
         listings: Listings::default(),
+        replayer,
     });
 
     tracing::info!(

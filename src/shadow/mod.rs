@@ -18,8 +18,11 @@ use crate::observe::{ApiShape, Failure, Observation, Observer};
 use crate::score::{regression, score, Score};
 
 mod remote;
+mod replay;
 mod semantic;
 mod verdict;
+
+pub use replay::{replay, shape_path, Replayed};
 
 use crate::state::{Release, Route};
 use crate::upstream::{
@@ -32,6 +35,9 @@ use remote::ScorerFailure;
 pub struct Sample {
     pub route: String,
     pub candidate_version: u32,
+    /// Stable's version when the pair was made, and the API the request spoke (for export).
+    pub stable_version: u32,
+    pub shape: ApiShape,
     pub score: Score,
     pub candidate_error: bool,
     /// Stable-vs-stable scores, when this request was also used for the noise floor.
@@ -218,6 +224,8 @@ impl MirrorTask {
         let sample = Sample {
             route: req.route.name.clone(),
             candidate_version: candidate_release.version,
+            stable_version: req.route.stable.version,
+            shape: req.shape,
             score: candidate_score,
             candidate_error: errored,
             noise: noise_score,
