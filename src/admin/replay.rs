@@ -89,6 +89,7 @@ impl Replayer {
             second,
             score,
             noise,
+            judge_reason,
         } = replay(
             self.client.clone(),
             Arc::clone(&self.metrics),
@@ -112,6 +113,7 @@ impl Replayer {
             "candidate_error": candidate.failure.is_some(),
             "score": score.as_ref().map(score_view),
             "noise": noise.as_ref().map(score_view),
+            "judge_reason": judge_reason,
             "reference": OutputView::from(&reference),
             "candidate": OutputView::from(&candidate),
             "rollback": settings,

@@ -62,6 +62,7 @@ pub fn case_line(route: &str, order: &str, s: &Value) -> Value {
         "scores": s["scores"],
         "hard_failure": s["hard_failure"],
         "failed_check": s.get("failed_check").cloned().unwrap_or(Value::Null),
+        "judge_reason": s.get("judge_reason").cloned().unwrap_or(Value::Null),
         "stable_answer": s["stable"],
         "candidate_answer": s["candidate"],
     })

@@ -446,6 +446,7 @@ fn finish(
             "score": answer.map(|a| &a["score"]),
             "noise": answer.map(|a| &a["noise"]),
             "candidate_error": answer.map(|a| &a["candidate_error"]),
+            "judge_reason": answer.map(|a| &a["judge_reason"]),
             "reference": answer.map(|a| super::export::answer_text(&a["reference"])),
             "output": answer.map(|a| super::export::answer_text(&a["candidate"])),
             "release": answer.map(|a| &a["release"]),

@@ -646,6 +646,7 @@ impl Controller {
                 .collect(),
             hard_failure: s.score.hard_failure.map(|h| h.as_str().to_string()),
             failed_check: s.score.failed_check.clone(),
+            judge_reason: s.judge_reason.clone(),
             request: s
                 .request
                 .as_ref()

@@ -27,6 +27,9 @@ pub struct ReviewSample {
     /// The check the candidate failed where stable passed, when that was the hard failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_check: Option<String>,
+    /// The LLM judge's reason for its verdict, when it judged the pair and gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_reason: Option<String>,
     /// The request body as JSON (null when redacted).
     pub request: Option<Value>,
     pub stable: OutputView,
@@ -150,6 +153,7 @@ mod tests {
             scores: BTreeMap::new(),
             hard_failure: None,
             failed_check: None,
+            judge_reason: None,
             request: None,
             stable: out.clone(),
             candidate: out,

@@ -39,6 +39,8 @@ pub struct Sample {
     pub stable_version: u32,
     pub shape: ApiShape,
     pub score: Score,
+    /// The LLM judge's reason for its verdict on the candidate, when it judged and gave one.
+    pub judge_reason: Option<String>,
     pub candidate_error: bool,
     /// Stable-vs-stable scores, when this request was also used for the noise floor.
     pub noise: Option<Score>,
@@ -125,6 +127,8 @@ impl Shadow {
 struct Remote {
     semantic: (Option<f64>, Option<f64>),
     judge: (Option<f64>, Option<f64>),
+    /// The judge's reason for its verdict on the candidate.
+    judge_reason: Option<String>,
 }
 
 struct MirrorTask {
@@ -189,6 +193,7 @@ impl MirrorTask {
                 &candidate_score,
             )
             .await;
+        let judge_reason = remote.judge_reason.clone();
         let candidate_score = candidate_score.with_remote(
             remote.semantic.0,
             remote.judge.0,
@@ -227,6 +232,7 @@ impl MirrorTask {
             stable_version: req.route.stable.version,
             shape: req.shape,
             score: candidate_score,
+            judge_reason,
             candidate_error: errored,
             noise: noise_score,
             request: if policy.scoring.redact_requests {
@@ -286,7 +292,7 @@ impl MirrorTask {
         }
         if let Some(scorer) = &policy.judge {
             let request = verdict::last_user_message(self.req.shape, &self.req.body);
-            for (subject, slot) in [(candidate, &mut out.judge.0), (second, &mut out.judge.1)] {
+            for (is_candidate, subject) in [(true, candidate), (false, second)] {
                 let Some(subject) = subject else { continue };
                 let subject_first = rand::random::<bool>();
                 let result = verdict::judge(
@@ -308,7 +314,18 @@ impl MirrorTask {
                         judged.usage.completion_tokens,
                         scorer.cfg.prices,
                     );
-                    *slot = Some(judged.score());
+                    if is_candidate {
+                        out.judge.0 = Some(judged.score());
+                        // The reason names the answers by position: say which was which.
+                        let (a, b) = if judged.subject_was_a {
+                            ("candidate", "stable")
+                        } else {
+                            ("stable", "candidate")
+                        };
+                        out.judge_reason = judged.reason.map(|r| format!("(A = {a}, B = {b}) {r}"));
+                    } else {
+                        out.judge.1 = Some(judged.score());
+                    }
                 }
             }
         }

@@ -32,6 +32,8 @@ pub struct Replayed {
     pub score: Option<Score>,
     /// Stable's second answer scored against its first; None when either failed.
     pub noise: Option<Score>,
+    /// The LLM judge's reason for its verdict on the candidate.
+    pub judge_reason: Option<String>,
 }
 
 /// Sends `body` (an API request of `shape`) to `release` and twice to the route's stable, and
@@ -65,6 +67,7 @@ pub async fn replay(
             second: failed(),
             score: None,
             noise: None,
+            judge_reason: None,
         };
     };
     let task = MirrorTask {
@@ -94,8 +97,8 @@ pub async fn replay(
     };
     let local = checked(&candidate);
     let local_noise = checked(&second);
-    let (score, noise) = match local {
-        None => (None, None),
+    let (score, noise, judge_reason) = match local {
+        None => (None, None, None),
         Some((candidate_score, failed_check)) => {
             let remote = task
                 .remote(&reference, &candidate, Some(&second), &candidate_score)
@@ -114,7 +117,7 @@ pub async fn replay(
                     &weights,
                 )
             });
-            (Some(score), noise)
+            (Some(score), noise, remote.judge_reason)
         }
     };
     Replayed {
@@ -123,6 +126,7 @@ pub async fn replay(
         second,
         score,
         noise,
+        judge_reason,
     }
 }
 

@@ -57,7 +57,7 @@ function status(text, isError) {
 
 // ---- sparklines ---------------------------------------------------------------------------
 
-function sparkline(points, width, height, threshold) {
+function sparkline(points, width, height, axis) {
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("width", width);
@@ -76,12 +76,20 @@ function sparkline(points, width, height, threshold) {
     pl.setAttribute("points", pts.join(" "));
     svg.append(pl);
   };
-  if (typeof threshold === "number") {
-    const t = document.createElementNS(SVG, "line");
-    t.setAttribute("class", "threshold");
-    t.setAttribute("x1", pad); t.setAttribute("x2", width - pad);
-    t.setAttribute("y1", y(threshold)); t.setAttribute("y2", y(threshold));
-    svg.append(t);
+  if (axis) {
+    // Grid lines at 0, 0.5 and 1 with their values; the time span under the chart.
+    for (const v of [0, 0.5, 1]) {
+      const g = document.createElementNS(SVG, "line");
+      g.setAttribute("class", "grid");
+      g.setAttribute("x1", pad); g.setAttribute("x2", width - pad);
+      g.setAttribute("y1", y(v)); g.setAttribute("y2", y(v));
+      const label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", width - pad);
+      label.setAttribute("y", y(v) + (v === 1 ? 10 : -2));
+      label.setAttribute("text-anchor", "end");
+      label.textContent = v.toFixed(1);
+      svg.append(g, label);
+    }
   }
   line("noise_floor", "noise");
   line("quality", "quality");
@@ -142,7 +150,10 @@ async function loadDetail() {
   trends.set(name, r.trend || []);
   $("#route-title").textContent =
     `${r.name}: ${r.phase}, share ${fmt(r.share, 2)}, stable ${release(r.stable)}, candidate ${release(r.candidate)}`;
-  $("#trend").replaceChildren(sparkline(r.trend || [], 480, 90));
+  const trend = r.trend || [];
+  const span = trend.length > 1 ? Math.round((trend[trend.length - 1].at_ms - trend[0].at_ms) / 60000) : 0;
+  $("#trend").replaceChildren(sparkline(trend, 480, 100, true),
+    el("div", { class: "muted" }, trend.length ? `${trend.length} points over ${span} min (kept in memory since the server started)` : "no samples yet"));
   const sc = $("#scorers");
   sc.replaceChildren();
   for (const s of r.scorers || []) {
