@@ -91,7 +91,7 @@ def run(context):
     expect(row).to_contain_text("canary")
     expect(page.locator("#login")).to_be_hidden()
     # Quality over time: a sparkline with a line in it.
-    expect(page.locator("#trend svg polyline.quality")).to_have_count(1)
+    expect(page.locator("#trend svg polyline.quality").first).to_be_attached()
     expect(row.locator("svg.spark")).to_have_count(1)
     # The pairs, side by side, with a word diff and each scorer's score.
     pairs = page.locator("#pairs .pair")

@@ -8,6 +8,8 @@ const KEY = "understudy-admin-token";
 const SVG = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 5000;
 const MAX_DIFF_WORDS = 3000;
+// Trend points come at most every 2 s while samples arrive; a longer pause is a gap.
+const GAP_MS = 10000;
 
 const state = { route: null, order: "worst", timer: null };
 const $ = (sel) => document.querySelector(sel);
@@ -64,17 +66,28 @@ function sparkline(points, width, height, axis) {
   svg.setAttribute("height", height);
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const pad = 2;
-  const x = (i) => pad + (points.length < 2 ? 0 : (i * (width - 2 * pad)) / (points.length - 1));
+  // Time runs left to right; a pause in sampling longer than GAP_MS breaks the line.
+  const t0 = points.length ? points[0].at_ms : 0;
+  const span = points.length > 1 ? points[points.length - 1].at_ms - t0 : 0;
+  const x = (i) => pad + (span > 0 ? ((points[i].at_ms - t0) * (width - 2 * pad)) / span : 0);
   const y = (v) => height - pad - v * (height - 2 * pad);
+  // One polyline per run of known values: where there was none (no candidate, the floor not
+  // trusted yet, no samples) the line has a gap.
   const line = (key, cls) => {
-    const pts = points.map((p, i) => (typeof p[key] === "number" ? `${x(i).toFixed(1)},${y(p[key]).toFixed(1)}` : null))
-      .filter(Boolean);
-    if (pts.length === 0) return;
-    if (pts.length === 1) pts.push(pts[0].replace(/^[^,]+/, String(width - pad)));
-    const pl = document.createElementNS(SVG, "polyline");
-    pl.setAttribute("class", cls);
-    pl.setAttribute("points", pts.join(" "));
-    svg.append(pl);
+    const runs = [[]];
+    points.forEach((p, i) => {
+      const paused = i > 0 && p.at_ms - points[i - 1].at_ms > GAP_MS;
+      if ((paused || typeof p[key] !== "number") && runs[runs.length - 1].length > 0) runs.push([]);
+      if (typeof p[key] === "number") runs[runs.length - 1].push(`${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`);
+    });
+    for (const pts of runs) {
+      if (pts.length === 0) continue;
+      if (pts.length === 1) pts.push(pts[0].replace(/^[^,]+/, (v) => String(Number(v) + 2)));
+      const pl = document.createElementNS(SVG, "polyline");
+      pl.setAttribute("class", cls);
+      pl.setAttribute("points", pts.join(" "));
+      svg.append(pl);
+    }
   };
   if (axis) {
     // Grid lines at 0, 0.5 and 1 with their values; the time span under the chart.
