@@ -302,6 +302,27 @@ async fn exported_cases_replayed_gate_a_bad_release_and_pass_a_benign_one() {
         "{}",
         text(&out.stdout)
     );
+    // The token budget: no case starts once it is spent (here: after the first two).
+    let out = understudy(
+        &server,
+        &[
+            "replay",
+            "bot",
+            "--cases",
+            &cases,
+            "--release",
+            "2",
+            "--concurrency",
+            "2",
+            "--max-tokens",
+            "1",
+        ],
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("2 replayed"), "{stdout}");
+    assert!(stdout.contains("token budget of"), "{stdout}");
+    assert_eq!(out.status.code(), Some(3), "too few to judge: {stdout}");
     let out = understudy(
         &server,
         &["replay", "bot", "--cases", &cases, "--release", "99"],

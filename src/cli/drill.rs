@@ -44,6 +44,15 @@ pub async fn drill(client: &AdminClient, route: &str, proxy_url: &str) -> Result
             before["phase"].as_str().unwrap_or("?")
         ));
     };
+    // The way back is a change the store must take: with the store failing the rollback would
+    // hold and the restore be refused, so the drill does not start.
+    if let Some(state) = before["store"]["state"].as_str().filter(|s| *s != "ok") {
+        return Err(format!(
+            "route {route}: the store is {state} ({}): the candidate could not be restored \
+             after the rollback, so no drill",
+            before["store"]["reason"].as_str().unwrap_or("unknown")
+        ));
+    }
     let phase = before["phase"].as_str().unwrap_or("").to_owned();
     let share = before["share"].as_f64().unwrap_or(0.0);
     let stable = before["stable"]["version"].as_u64().unwrap_or(0);

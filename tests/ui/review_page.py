@@ -116,8 +116,14 @@ def run(context):
     if SCREENSHOT:
         page.screenshot(path=SCREENSHOT, full_page=False)
 
-    # 3. Roll back from the page: confirmed, then the API shows stable alone.
+    # 3. Promote from the page, then roll back: each confirmed, each seen through the API.
     page.on("dialog", lambda d: d.accept())
+    page.select_option("#phase", "promoted")
+    page.fill("#share", "0.2")
+    page.click("#promote")
+    expect(page.locator("#action-result")).to_contain_text("promoted: promoted")
+    r = route()
+    assert (r["phase"], r["share"], r["serving"]) == ("promoted", 0.2, 2), r
     page.fill("#reason", "reviewed in the browser")
     page.click("#rollback")
     expect(page.locator("#action-result")).to_contain_text("rolled back")
