@@ -115,7 +115,7 @@ impl Shadow {
             samples: self.samples.clone(),
             observe_max_bytes: self.observe_max_bytes,
             req,
-            _permit: permit,
+            _permit: Some(permit),
         };
         self.tracker.spawn(task.run(rx));
         Some(tx)
@@ -137,8 +137,9 @@ struct MirrorTask {
     samples: mpsc::Sender<Sample>,
     observe_max_bytes: usize,
     req: MirrorRequest,
-    /// Held for the task's life: one slot of the route's `max_inflight`.
-    _permit: OwnedSemaphorePermit,
+    /// Held for the task's life: one slot of the route's `max_inflight` (None for a replayed
+    /// case, which is outside the mirror budget: `replay.rs`).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl MirrorTask {

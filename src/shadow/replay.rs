@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use super::MirrorTask;
 use super::{MirrorRequest, Sample};
@@ -47,10 +47,9 @@ pub async fn replay(
     shape: ApiShape,
     body: Bytes,
 ) -> Replayed {
-    // No sample is sent (the receiver is gone at once) and the permit is the task's own: a
-    // replay is outside the route's mirror budget.
+    // No sample is sent (the receiver is gone at once) and no mirror slot is held: a replay is
+    // outside the route's mirror budget.
     let (samples, _) = mpsc::channel::<Sample>(1);
-    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned();
     let stable = Arc::clone(&route.stable);
     let mut headers = http::HeaderMap::new();
     headers.insert(
@@ -58,18 +57,6 @@ pub async fn replay(
         http::HeaderValue::from_static("application/json"),
     );
     let uri = http::Uri::from_static(shape_path(shape));
-    let Ok(permit) = permit else {
-        // A fresh semaphore of one always has its permit; kept total all the same.
-        let failed = || Observation::failed(crate::observe::Failure::Transport);
-        return Replayed {
-            reference: failed(),
-            candidate: failed(),
-            second: failed(),
-            score: None,
-            noise: None,
-            judge_reason: None,
-        };
-    };
     let task = MirrorTask {
         client,
         metrics,
@@ -85,7 +72,7 @@ pub async fn replay(
             headers,
             body,
         },
-        _permit: permit,
+        _permit: None,
     };
     let (candidate, reference, second) =
         tokio::join!(task.call(&release), task.call(&stable), task.call(&stable));
