@@ -63,6 +63,9 @@ def main():
 
 
 def run(context):
+    # A loaded CI machine (2 cores, other tests alongside) is slow to paint.
+    expect.set_options(timeout=20_000)
+    context.set_default_timeout(30_000)
     errors = []
     # 1. No token: the form; a wrong token is refused; the right one opens the page.
     page = context.new_page()
