@@ -45,7 +45,7 @@ pub use cli::{
 pub use cli::{demo, mock_upstream};
 pub use config::{ApiFlavor, Config};
 pub use domain::{Prices, ReleaseSpec};
-pub use server::{run, run_with_store, Listeners, ServerError};
+pub use server::{run, run_reloading, run_with_store, Listeners, ReloadFrom, ServerError};
 
 /// The seam between the controller and its durable store: the trait, the SQLite backend and
 /// what a backend is given. `run_with_store` takes any backend; the integration tests wrap the

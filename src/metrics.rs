@@ -449,6 +449,20 @@ impl Metrics {
         }
     }
 
+    /// A route no longer configured (a reload removed it): its gauges go, so no rule keeps
+    /// judging it; its counters stay (they are history).
+    pub fn route_removed(&self, route: &str) {
+        self.forget_quality(route);
+        let _ = self.noise_floor.remove_label_values(&[route]);
+        let _ = self.serving_release.remove_label_values(&[route]);
+        let _ = self.threshold.remove_label_values(&[route]);
+        for phase in Phase::ALL {
+            let _ = self
+                .route_phase
+                .remove_label_values(&[route, phase.as_str()]);
+        }
+    }
+
     /// The route's quality gauges, removed (no candidate to judge).
     fn forget_quality(&self, route: &str) {
         let _ = self.quality.remove_label_values(&[route]);

@@ -30,7 +30,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::{
-    AlertEffect, Change, ChangeError, Command, Refused, RouteView, SampleOrder, StoreStatus,
+    AlertEffect, Change, ChangeError, Command, Refused, ReloadRequest, RouteView, SampleOrder,
+    StoreStatus,
 };
 use crate::domain::{
     cut, full, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger, MAX_REASON_BYTES,
@@ -42,6 +43,7 @@ pub use listing::Listings;
 mod alertmanager;
 mod client;
 mod listing;
+mod reload;
 mod replay;
 mod ui;
 
@@ -66,6 +68,8 @@ pub struct Admin {
     pub listings: Listings,
     /// Runs `POST .../replay` cases through the upstreams.
     pub replayer: Replayer,
+    /// Reload requests for the server's reloader; None when not started from a file.
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
 type Reply = Result<Response<Body>, Infallible>;
@@ -161,6 +165,7 @@ impl Admin {
                     Err(e) => e.into_response(),
                 }
             }
+            (&Method::POST, ["admin", "reload"]) => reload::reload(self.reload.as_ref()).await,
             (&Method::POST, ["admin", "alertmanager"]) => match read_json(req).await {
                 Ok(body) => self.alertmanager(body).await,
                 Err(e) => e.into_response(),

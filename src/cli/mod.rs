@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::admin::AdminClient;
 use crate::config::Config;
 use crate::domain::{route_name_problem, share_problem};
-use crate::server::{run, Listeners};
+use crate::server::{run_reloading, Listeners, ReloadFrom};
 
 #[cfg(feature = "sim")]
 mod demo;
@@ -21,6 +21,7 @@ mod replay;
 
 pub use export::Pick;
 pub use replay::ReplayArgs;
+mod logging;
 
 fn say(msg: &str) {
     println!("{msg}");
@@ -47,16 +48,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Logs as key=value lines on stderr; `RUST_LOG` filters (default `info`).
+/// Logs as key=value lines on stderr (JSON with `UNDERSTUDY_LOG_FORMAT=json`); `RUST_LOG`
+/// filters (default `info`). For the commands without a config file.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let text = crate::config::LogFormat::Text;
+    logging::init(logging::format(text).unwrap_or(text));
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.
@@ -108,14 +104,26 @@ pub fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    let format = match logging::format(config.log.format) {
+        Ok(f) => f,
+        Err(e) => {
+            complain(&e);
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(format);
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
             let listeners = Listeners::bind(&config)
                 .await
                 .map_err(|e| format!("bind: {e}"))?;
-            run(
+            let reload = ReloadFrom {
+                path: path.to_owned(),
+                on_sighup: true,
+            };
+            run_reloading(
                 config,
+                Some(reload),
                 listeners,
                 |k| std::env::var(k).ok(),
                 shutdown_signal(),

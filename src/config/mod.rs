@@ -44,6 +44,8 @@ pub struct Config {
     pub default_upstream: String,
     /// Routes by name.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// How log lines are written.
+    pub log: LogConfig,
 }
 
 /// One problem in a configuration file.

@@ -39,6 +39,12 @@ pub struct Store {
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Log {
+    pub format: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,

@@ -1022,3 +1022,19 @@ fn scoring_beyond_words_rules() {
         check(&route("", rest), expected);
     }
 }
+
+#[test]
+fn log_format() {
+    let format = |text: &str| parse(&format!("{text}{UPSTREAM}")).map(|c| c.log.format);
+    assert_eq!(format(""), Ok(LogFormat::Text));
+    assert_eq!(format("[log]\nformat = \"json\"\n"), Ok(LogFormat::Json));
+    assert_eq!(format("[log]\nformat = \"text\"\n"), Ok(LogFormat::Text));
+    check(
+        &format!("[log]\nformat = \"yaml\"\nlevel = 3\n{UPSTREAM}"),
+        &["line 3: log.level: unknown field `level`"],
+    );
+    check(
+        &format!("[log]\nformat = \"yaml\"\n{UPSTREAM}"),
+        &["line 2: log.format: unknown log format \"yaml\", expected one of text, json"],
+    );
+}

@@ -94,6 +94,49 @@ pub struct StoreConfig {
     pub path: PathBuf,
 }
 
+/// `[log]`: how the server's log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `format`: `text` (key=value lines, the default) or `json` (one object per event).
+    pub format: LogFormat,
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// key=value lines.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+impl LogFormat {
+    pub const NAMES: [&str; 2] = ["text", "json"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?}, expected one of {}",
+                LogFormat::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 /// The wire protocol an upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]

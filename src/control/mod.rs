@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, StickyKey};
+use crate::config::{Config, RouteConfig, StickyKey};
 use crate::domain::{Phase, ReleaseSpec, Trigger};
 use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
@@ -28,6 +28,7 @@ mod drill;
 mod durability;
 mod judge;
 mod lifecycle;
+mod reload;
 mod reviews;
 mod store;
 mod trend;
@@ -46,6 +47,7 @@ pub use views::RouteView;
 pub use drill::DRILL_REASON;
 pub use durability::StoreStatus;
 pub use lifecycle::Refused;
+pub use reload::{Reconfigure, ReloadError, ReloadOutcome, ReloadRequest, Reloaded};
 pub use store::{EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition};
 
 /// How often kept review samples are written to the store.
@@ -134,6 +136,11 @@ pub enum Command {
         version: Option<u32>,
         reply: Reply<Option<(Arc<Route>, Arc<Release>)>>,
     },
+    /// A re-read configuration file (`reload.rs`).
+    Reload {
+        next: Box<Reconfigure>,
+        reply: Reply<Result<Reloaded, ReloadError>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +155,19 @@ struct Settings {
     sticky_key: Option<StickyKey>,
     /// Shared by every snapshot of the route, so mirror budgets survive swaps.
     policy: Arc<RoutePolicy>,
+    /// The route's configuration, to tell whether a reload changes it.
+    config: RouteConfig,
+}
+
+impl Settings {
+    fn of(cfg: &RouteConfig, policy: Arc<RoutePolicy>) -> Settings {
+        Settings {
+            alias: cfg.model.clone(),
+            sticky_key: cfg.sticky_key.clone(),
+            policy,
+            config: cfg.clone(),
+        }
+    }
 }
 
 struct RouteRuntime {
@@ -197,25 +217,7 @@ impl Controller {
         default_upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
     ) -> Result<Controller, StartError> {
-        let loaded = store.load()?;
-        let mut histories: HashMap<String, RouteHistory> = loaded
-            .routes
-            .into_iter()
-            .map(|record| {
-                (
-                    record.route.clone(),
-                    RouteHistory {
-                        record,
-                        releases: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        for r in loaded.releases {
-            if let Some(h) = histories.get_mut(&r.route) {
-                h.releases.push(r);
-            }
-        }
+        let mut histories = reload::histories(store.load()?);
         let mut routes = BTreeMap::new();
         let mut settings = BTreeMap::new();
         let now = now_ms();
@@ -234,19 +236,7 @@ impl Controller {
             let history = history.ok_or_else(|| {
                 StartError::Invalid(format!("route {name}: no state after reconciling"))
             })?;
-            let list = |list: SampleList| -> Result<Vec<ReviewSample>, StoreError> {
-                Ok(store
-                    .samples(name, list)?
-                    .iter()
-                    .filter_map(|s| serde_json::from_str(s).ok())
-                    .collect())
-            };
-            let seen = store
-                .samples(name, SampleList::Seen)?
-                .first()
-                .and_then(|s| s.parse().ok());
-            let reviews =
-                Reviews::restore(list(SampleList::Worst)?, list(SampleList::Random)?, seen);
+            let reviews = reload::restore_reviews(store.as_ref(), name)?;
             routes.insert(
                 name.clone(),
                 RouteRuntime {
@@ -257,14 +247,7 @@ impl Controller {
                 },
             );
             let policy = RoutePolicy::new(cfg, &upstreams);
-            settings.insert(
-                name.clone(),
-                Settings {
-                    alias: cfg.model.clone(),
-                    sticky_key: cfg.sticky_key.clone(),
-                    policy: Arc::new(policy),
-                },
-            );
+            settings.insert(name.clone(), Settings::of(cfg, Arc::new(policy)));
         }
         let mut c = Controller {
             state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
@@ -384,6 +367,9 @@ impl Controller {
                 reply,
             } => {
                 let _ = reply.send(self.release_of(&route, version));
+            }
+            Command::Reload { next, reply } => {
+                let _ = reply.send(self.reload(*next));
             }
         }
     }

@@ -19,9 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod conn;
+mod reload;
 mod workers;
 
 use conn::{ConnPermit, Timeouts, OVER_CAPACITY_RESPONSE};
+pub use reload::ReloadFrom;
+use reload::{Reloader, RELOAD_QUEUE};
 use workers::{log_end, Handoff, Hygiene, Workers};
 
 use crate::admin::{Admin, Listings, Replayer};
@@ -95,9 +98,21 @@ pub async fn run(
     secret: impl Fn(&str) -> Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    run_reloading(config, None, listeners, secret, shutdown).await
+}
+
+/// [`run`], and with `reload`, re-reads that file on SIGHUP and `POST /admin/reload`
+/// (`reload.rs`); without it, `POST /admin/reload` answers 409.
+pub async fn run_reloading(
+    config: Config,
+    reload: Option<ReloadFrom>,
+    listeners: Listeners,
+    secret: impl Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let store =
         SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?;
-    run_with_store(config, listeners, secret, shutdown, Box::new(store)).await
+    serve(config, listeners, secret, shutdown, Box::new(store), reload).await
 }
 
 /// [`run`] on an already opened store (`config.store` is not opened): the seam for another
@@ -109,6 +124,20 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()>,
     store: Box<dyn Store>,
 ) -> Result<(), ServerError> {
+    serve(config, listeners, secret, shutdown, store, None).await
+}
+
+/// The server on `store` until `shutdown`: what [`run`], [`run_reloading`] and
+/// [`run_with_store`] share; with `reload`, the reloader runs beside the listeners.
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    secret: impl Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()>,
+    store: Box<dyn Store>,
+    reload: Option<ReloadFrom>,
+) -> Result<(), ServerError> {
+    let hangups = reload::hangups(reload.as_ref());
     let token = secret(&config.admin.token_env).filter(|t| !t.is_empty());
     if token.is_none() {
         return Err(ServerError::Setup(format!(
@@ -128,6 +157,7 @@ pub async fn run_with_store(
         })?;
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServerError::Setup(format!("metrics: {e}")))?);
+    let running_upstreams = upstreams.clone();
     let controller = Controller::start(
         &config,
         store,
@@ -216,7 +246,17 @@ pub async fn run_with_store(
         }
     })?;
     let proxy_metrics = Arc::clone(&metrics);
+    let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
+    let reloader = reload.map(|from| Reloader {
+        from,
+        hangups,
+        running: config.clone(),
+        upstreams: running_upstreams,
+        secret: &secret,
+        control: control_tx.clone(),
+    });
     let admin = Arc::new(Admin {
+        reload: reloader.is_some().then_some(reload_tx),
         metrics,
         control: control_tx,
         store: store_status,
@@ -236,7 +276,7 @@ pub async fn run_with_store(
         "understudy serving"
     );
     let graceful = GracefulShutdown::new();
-    let (workers, (), ()) = tokio::join!(
+    let (workers, (), (), ()) = tokio::join!(
         proxy_accept_loop(
             listeners.proxy,
             workers,
@@ -255,6 +295,11 @@ pub async fn run_with_store(
         async {
             shutdown.await;
             stop.cancel();
+        },
+        async {
+            if let Some(reloader) = reloader {
+                reloader.serve(reload_rx, &stop).await;
+            }
         },
     );
     tracing::info!("shutting down: no new connections; waiting for in-flight responses");

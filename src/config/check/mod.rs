@@ -2,7 +2,7 @@
 //! collecting every problem with its key path and line. One file per root table, each adding
 //! its own `impl Checker` block:
 //!
-//! - `server`: `[server]`, `[admin]` and `[store]`;
+//! - `server`: `[server]`, `[admin]`, `[store]` and `[log]`;
 //! - `upstreams`: `[upstreams.NAME]`, their base URL and CA file;
 //! - `routes`: `[routes.NAME]` and its tables: `stable` and `candidate` (the releases),
 //!   `shadow`, `scoring` and `rollback`.
@@ -26,7 +26,7 @@ use toml::Spanned;
 
 use super::{Config, ConfigError};
 
-const ROOT_KEYS: [&str; 5] = ["server", "admin", "store", "upstreams", "routes"];
+const ROOT_KEYS: [&str; 6] = ["server", "admin", "store", "upstreams", "routes", "log"];
 
 type Value<'a> = Spanned<DeValue<'a>>;
 
@@ -57,6 +57,7 @@ impl<'a> Checker<'a> {
         let store = self.store();
         let (upstreams, default_upstream) = self.upstreams();
         let routes = self.routes(server.upstream_timeout);
+        let log = self.log();
         Config {
             server,
             admin,
@@ -64,6 +65,7 @@ impl<'a> Checker<'a> {
             upstreams,
             default_upstream,
             routes,
+            log,
         }
     }
 

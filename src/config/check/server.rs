@@ -1,10 +1,11 @@
-//! `[server]`, `[admin]` and `[store]`: the listeners and the embedded store.
+//! `[server]`, `[admin]`, `[store]` and `[log]`: the listeners, the embedded store and the
+//! log format.
 
 use std::path::PathBuf;
 
 use super::Checker;
 use crate::config::raw;
-use crate::config::types::{AdminConfig, ServerConfig, StoreConfig};
+use crate::config::types::{AdminConfig, LogConfig, LogFormat, ServerConfig, StoreConfig};
 
 const DEFAULT_STORE_PATH: &str = "data/understudy.db";
 const MAX_WORKERS: usize = 1024;
@@ -103,5 +104,18 @@ impl<'a> Checker<'a> {
                 .join(path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
         };
         StoreConfig { path }
+    }
+
+    pub(super) fn log(&mut self) -> LogConfig {
+        let raw: raw::Log = self.optional_section(self.doc.get("log"), &["log"]);
+        let format = match raw.format.as_deref().map(str::parse::<LogFormat>) {
+            None => LogFormat::default(),
+            Some(Ok(format)) => format,
+            Some(Err(e)) => {
+                self.report(&["log", "format"], e);
+                LogFormat::default()
+            }
+        };
+        LogConfig { format }
     }
 }
