@@ -523,3 +523,51 @@ async fn the_review_page_in_headless_chromium() {
     assert_eq!(last["reason"], "reviewed in the browser");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_redacts_requests_exports_none_and_replays_nothing() {
+    let sim = Sim::start(Behavior {
+        style: Style::Benign,
+        ..Behavior::default()
+    })
+    .await;
+    let toml = config("shadow", 1.0).replace(
+        "keep_random = 40\n",
+        "keep_random = 40\nredact_requests = true\n",
+    );
+    let (server, dir) = Server::start(&toml, &sim.url).await;
+    captured(&server, 6).await;
+    let out = understudy(&server, &["export", "bot", "--worst", "6"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exported = text(&out.stdout);
+    let lines: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    for case in &lines {
+        assert!(
+            case["request"].is_null() && case["messages"].is_null(),
+            "{case}"
+        );
+        assert!(!exported.contains(PROMPTS[0]) && !exported.contains(PROMPTS[1]));
+        assert!(
+            case["reference"].as_str().is_some_and(|t| !t.is_empty()),
+            "answers are kept"
+        );
+    }
+    let cases = dir.path().join("redacted.jsonl");
+    std::fs::write(&cases, &exported).unwrap();
+    let out = understudy(
+        &server,
+        &["replay", "bot", "--cases", cases.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("request redacted") && stderr.contains("no case to replay"),
+        "{stderr}"
+    );
+    server.shutdown().await;
+}
