@@ -14,6 +14,7 @@
 //! - `proxy`: the client's request path as named phases; routing, relay, errors.
 //! - `shadow`: mirror tasks and the scored samples they send to the controller.
 //! - `upstream`: the upstream leg both paths share: pooled client, headers, request rewrite.
+//! - `telemetry`: OpenTelemetry traces: the request's and its calls' spans, the OTLP exporter.
 //! - `state`: the immutable snapshot the request path reads; upstreams, releases, budgets.
 //! - `metrics`: Prometheus metrics and the events that both log and count.
 //! - `config`: the TOML file, parsed strictly and checked into typed sections.
@@ -35,6 +36,7 @@ mod score;
 mod server;
 mod shadow;
 mod state;
+mod telemetry;
 mod upstream;
 
 pub use cli::{
@@ -46,6 +48,7 @@ pub use cli::{demo, mock_upstream};
 pub use config::{ApiFlavor, Config};
 pub use domain::{Prices, ReleaseSpec};
 pub use server::{run, run_reloading, run_with_store, Listeners, ReloadFrom, ServerError};
+pub use telemetry::{current_trace_id, TraceIdJson};
 
 /// The seam between the controller and its durable store: the trait, the SQLite backend and
 /// what a backend is given. `run_with_store` takes any backend; the integration tests wrap the

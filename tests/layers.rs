@@ -10,8 +10,20 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom, as ARCHITECTURE.md lists them.
 const LAYERS: &[&str] = &[
-    "cli", "server", "admin", "control", "proxy", "shadow", "upstream", "state", "metrics",
-    "config", "score", "observe", "domain",
+    "cli",
+    "server",
+    "admin",
+    "control",
+    "proxy",
+    "shadow",
+    "upstream",
+    "telemetry",
+    "state",
+    "metrics",
+    "config",
+    "score",
+    "observe",
+    "domain",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -1,7 +1,7 @@
 //! The process's log subscriber: `RUST_LOG` filters (default `info`), lines go to stderr as
 //! key=value text or, with `[log] format = "json"` or `UNDERSTUDY_LOG_FORMAT=json`, as one JSON
 //! object per event (the event's fields at the top level, beside `timestamp`, `level`, `target`
-//! and the current span). The subscriber is a `Registry` with layers, so another layer (a
+//! and the current span, and `trace_id` when tracing is on and the event belongs to a request). The subscriber is a `Registry` with layers, so another layer (a
 //! tracing exporter) stacks onto the same one.
 //!
 //! Secrets never reach a log line because no event carries them: upstream keys are
@@ -14,6 +14,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
+use crate::telemetry::TraceIdJson;
 
 /// The environment variable that overrides `[log] format`.
 pub const LOG_FORMAT_ENV: &str = "UNDERSTUDY_LOG_FORMAT";
@@ -42,11 +43,16 @@ fn lines(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
+        // With tracing on, a line written during a request carries its `trace_id`.
         LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .event_format(TraceIdJson(
+                fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            ))
+            .fmt_fields(fmt::format::JsonFields::new())
             .with_writer(std::io::stderr)
             .boxed(),
     }

@@ -46,7 +46,8 @@ impl ProxyError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The error's code in the client's error body; also the span's `error.type`.
+    pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::ClientBody(_) => "invalid_body",

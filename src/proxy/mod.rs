@@ -39,6 +39,7 @@ use crate::observe::{ApiShape, Observation, Observer};
 use crate::shadow::{MirrorRequest, Shadow};
 use crate::state::Snapshot;
 use crate::state::{Release, Route, Upstream};
+use crate::telemetry::{LlmSpan, Telemetry};
 use crate::upstream::{
     bad_uri, build_request, number_header, outbound_headers, rewrite_request, strip_hop_by_hop,
     ModelRewriter, RequestBody, UpstreamClient, ROUTE_HEADER,
@@ -77,6 +78,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub shadow: Arc<Shadow>,
     pub limits: Limits,
+    /// The tracer when tracing is on; None costs the request path nothing.
+    pub telemetry: Option<Telemetry>,
 }
 
 /// What the phases learn about one request, carried from one to the next. Dropped before the
@@ -99,6 +102,8 @@ struct Ctx {
     client_model: Option<String>,
     /// Where the mirror waits for the client's observation, when one was started.
     paired: Option<oneshot::Sender<Observation>>,
+    /// The request's span, when tracing is on; handed to the response body with the recording.
+    span: Option<LlmSpan>,
 }
 
 impl Ctx {
@@ -114,6 +119,7 @@ impl Ctx {
             release: None,
             client_model: None,
             paired: None,
+            span: None,
         }
     }
 
@@ -138,6 +144,8 @@ impl Drop for Ctx {
             return;
         }
         // Dropped unrecorded: the client went away before the response head.
+        let span = self.span.take();
+        let traced = span.as_ref().map(LlmSpan::enter);
         let series = match (&self.route, &self.release) {
             (Some(route), Some(release)) => Some(release.series(&self.metrics, &route.name)),
             _ => None,
@@ -157,6 +165,10 @@ impl Drop for Ctx {
             prices: None,
             cancelled: true,
         });
+        drop(traced);
+        if let Some(span) = span {
+            span.finish(&Observation::default(), true);
+        }
     }
 }
 
@@ -171,6 +183,10 @@ impl Proxy {
             // Health checks are not client requests: not recorded.
             ctx.recorded = true;
             return Ok(resp);
+        }
+        if let Some(telemetry) = &self.telemetry {
+            let span = telemetry.client_request(req.method(), &ctx.path, req.headers(), ctx.shape);
+            ctx.span = Some(span);
         }
         let result = match ctx.shape {
             Some(shape) => self.managed(&mut ctx, shape, req).await,
@@ -193,7 +209,10 @@ impl Proxy {
         let Some(plan) = self.route(ctx, &parts, &json)? else {
             // No route: the default upstream gets the request as the client sent it.
             let upstream = Arc::clone(&self.state.load().default_upstream);
-            let headers = outbound_headers(parts.headers, &upstream, false);
+            let mut headers = outbound_headers(parts.headers, &upstream, false);
+            if let Some(span) = &ctx.span {
+                span.inject(&mut headers);
+            }
             let req = build_request(&upstream, &parts.uri, headers, bytes)?;
             let resp = self.forward(&upstream, req).await?;
             return Ok(self.response_filter(ctx, resp));
@@ -202,7 +221,12 @@ impl Proxy {
         ctx.client_model = json.model().map(|m| m.into_owned());
         // The mirror needs the client's own headers; the serving request takes them over.
         let mirror_headers = plan.mirror.as_ref().map(|_| parts.headers.clone());
-        let upstream_req = upstream_request(shape, &json, &plan.serve, parts.headers, &parts.uri)?;
+        let mut upstream_req =
+            upstream_request(shape, &json, &plan.serve, parts.headers, &parts.uri)?;
+        if let (Some(span), Some(route)) = (&mut ctx.span, &ctx.route) {
+            span.routed(shape, route, &plan.serve, plan.served_role);
+            span.inject(upstream_req.headers_mut());
+        }
         if let (Some(mirror), Some(headers)) = (&plan.mirror, mirror_headers) {
             ctx.paired = self.mirror(ctx, shape, &plan, mirror, &parts.uri, headers, &bytes);
         }
@@ -228,7 +252,10 @@ impl Proxy {
             limit,
         )
         .boxed();
-        let headers = outbound_headers(parts.headers, &upstream, false);
+        let mut headers = outbound_headers(parts.headers, &upstream, false);
+        if let Some(span) = &ctx.span {
+            span.inject(&mut headers);
+        }
         let uri = upstream
             .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
             .map_err(|e| bad_uri(&upstream, &e))?;
@@ -306,6 +333,11 @@ impl Proxy {
             uri: uri.clone(),
             headers,
             body: bytes.clone(),
+            trace: self
+                .telemetry
+                .as_ref()
+                .zip(ctx.span.as_ref())
+                .map(|(t, s)| t.parent(s)),
         })
     }
 
@@ -363,6 +395,7 @@ impl Proxy {
             status: parts.status.as_u16(),
             started: ctx.started,
             paired,
+            span: ctx.span.take(),
         };
         // From here the response body records the request, once, when it ends.
         ctx.recorded = true;
@@ -384,6 +417,8 @@ impl Proxy {
         if let ProxyError::BodyTimeout { .. } = err {
             self.metrics.request_rejected(RejectReason::BodyTimeout);
         }
+        let span = ctx.span.take();
+        let traced = span.as_ref().map(LlmSpan::enter);
         self.metrics.request_finished(&RequestRecord {
             series: None,
             route: ctx.route_label(),
@@ -399,6 +434,10 @@ impl Proxy {
             prices: None,
             cancelled: false,
         });
+        drop(traced);
+        if let Some(span) = span {
+            span.failed(status, err.code());
+        }
         err.into_response(ctx.shape)
     }
 }

@@ -18,6 +18,7 @@ use crate::domain::BoxError;
 use crate::metrics::{Metrics, RequestRecord, NO_RELEASE, UNROUTED};
 use crate::observe::{Failure, Observation, Observer};
 use crate::state::{Release, Route};
+use crate::telemetry::LlmSpan;
 use crate::upstream::ModelRewriter;
 
 /// Who the finished request is reported to.
@@ -34,6 +35,8 @@ pub struct Completion {
     /// The mirrored request waits here for the client's observation to score against.
     /// Dropped unsent when the client disconnects early: no sample.
     pub paired: Option<oneshot::Sender<Observation>>,
+    /// The request's span when tracing is on; ended with the recording.
+    pub span: Option<LlmSpan>,
 }
 
 /// The body of a response relayed from an upstream.
@@ -107,6 +110,7 @@ impl RelayBody {
             (Some(route), Some(release)) => Some(release.series(&done.metrics, &route.name)),
             _ => None,
         };
+        let traced = done.span.as_ref().map(LlmSpan::enter);
         done.metrics.request_finished(&RequestRecord {
             series,
             route: done.route.as_ref().map_or(UNROUTED, |r| r.name.as_str()),
@@ -125,6 +129,10 @@ impl RelayBody {
             prices: done.release.as_ref().and_then(|r| r.prices),
             cancelled,
         });
+        drop(traced);
+        if let Some(span) = done.span {
+            span.finish(&obs, cancelled);
+        }
         if let (Some(tx), false) = (done.paired, cancelled) {
             let _ = tx.send(obs);
         }
@@ -182,6 +190,9 @@ impl HttpBody for RelayBody {
             }
             if let Some(obs) = &mut this.observer {
                 obs.feed(&data);
+            }
+            if let Some(span) = this.completion.as_mut().and_then(|c| c.span.as_mut()) {
+                span.saw(&data);
             }
             let mut out = match &mut this.rewriter {
                 Some(rw) => rw.push(data),

@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
 use crate::state::Upstream;
+use crate::telemetry::Exporter;
 use crate::upstream::{self, UpstreamClient};
 
 /// Bound on output text kept per observation.
@@ -155,6 +156,18 @@ async fn serve(
                 config.default_upstream
             ))
         })?;
+    let extra_roots: Vec<_> = config
+        .upstreams
+        .values()
+        .filter_map(|u| u.ca_file.as_ref())
+        .flat_map(|ca| ca.certs.iter().cloned())
+        .collect();
+    let tls = upstream::tls_config(&extra_roots)
+        .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
+    // Traces, when the OTEL_* variables ask for them: exported with the upstreams' TLS roots.
+    let (telemetry, exporter) = Exporter::from_env(tls.clone())
+        .map_err(|e| ServerError::Setup(e.to_string()))?
+        .unzip();
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServerError::Setup(format!("metrics: {e}")))?);
     let running_upstreams = upstreams.clone();
@@ -188,14 +201,6 @@ async fn serve(
         observe_max_bytes: OBSERVE_MAX_BYTES,
     };
     let connect_timeout = config.server.connect_timeout;
-    let extra_roots: Vec<_> = config
-        .upstreams
-        .values()
-        .filter_map(|u| u.ca_file.as_ref())
-        .flat_map(|ca| ca.certs.iter().cloned())
-        .collect();
-    let tls = upstream::tls_config(&extra_roots)
-        .map_err(|e| ServerError::Setup(format!("upstream TLS: {e}")))?;
     let caps = Caps::fit(
         config.server.max_connections,
         config.server.max_concurrent_requests,
@@ -226,6 +231,7 @@ async fn serve(
         let state = Arc::clone(&state);
         let metrics = Arc::clone(&metrics);
         let mirrors = mirrors.clone();
+        let telemetry = telemetry.clone();
         move || {
             // Each worker's own pool: its upstream connections are polled by its thread.
             let client = UpstreamClient::new(connect_timeout, tls.clone());
@@ -242,6 +248,7 @@ async fn serve(
                 metrics: Arc::clone(&metrics),
                 shadow,
                 limits,
+                telemetry: telemetry.clone(),
             }
         }
     })?;
@@ -273,6 +280,7 @@ async fn serve(
         max_connections = caps.connections,
         max_concurrent_requests = caps.requests,
         fd_limit = caps.fd_limit,
+        tracing = telemetry.is_some(),
         "understudy serving"
     );
     let graceful = GracefulShutdown::new();
@@ -321,6 +329,10 @@ async fn serve(
     workers.stop().await;
     controller_stop.cancel();
     let _ = controller_task.await;
+    // After the mirrors: their spans are queued by now; exported within the exporter's timeout.
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

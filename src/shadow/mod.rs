@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::Role;
 use crate::metrics::Metrics;
-use crate::observe::{ApiShape, Failure, Observation, Observer};
+use crate::observe::{ApiShape, Failure, Observation, Observer, Usage};
 use crate::score::{regression, score, Score};
 
 mod remote;
@@ -25,6 +25,7 @@ mod verdict;
 pub use replay::{replay, shape_path, Replayed};
 
 use crate::state::{Release, Route};
+use crate::telemetry::{LlmSpan, ScorerKind, TraceParent};
 use crate::upstream::{
     build_request, outbound_headers, rewrite_request, RequestBody, UpstreamClient, UpstreamError,
     SHADOW_HEADER,
@@ -61,6 +62,9 @@ pub struct MirrorRequest {
     pub headers: http::HeaderMap,
     /// The client's original body (shared, not copied).
     pub body: Bytes,
+    /// The client request's span when tracing is on: the mirror's and scorers' spans are its
+    /// children.
+    pub trace: Option<TraceParent>,
 }
 
 /// Runs mirrored requests and hands their scores to the controller.
@@ -148,9 +152,13 @@ impl MirrorTask {
         let policy = &req.route.policy;
         let noise = policy.wants_noise(rand::random::<f64>());
         let stable = &req.route.stable;
-        let (mirrored, second_stable) = tokio::join!(self.call(&req.mirror), async {
+        let mirror_role = match req.served_role {
+            Role::Stable => Role::Candidate,
+            Role::Candidate => Role::Stable,
+        };
+        let (mirrored, second_stable) = tokio::join!(self.call(&req.mirror, mirror_role), async {
             if noise {
-                Some(self.call(stable).await)
+                Some(self.call(stable, Role::Stable).await)
             } else {
                 None
             }
@@ -275,6 +283,8 @@ impl MirrorTask {
         if let Some(scorer) = &policy.semantic {
             let subjects: Vec<&str> = candidate.iter().chain(second.iter()).copied().collect();
             if !subjects.is_empty() {
+                let span =
+                    self.scorer_span(ScorerKind::Semantic, &scorer.upstream, &scorer.cfg.model);
                 let result = semantic::similarities(
                     &self.client,
                     scorer,
@@ -283,6 +293,10 @@ impl MirrorTask {
                     timeout,
                 )
                 .await;
+                if let Some(span) = span {
+                    let error = result.as_ref().err().map(|e| e.outcome());
+                    span.finish_scorer(Usage::default(), error);
+                }
                 self.scorer_outcome("semantic", result.as_ref().err().copied());
                 if let Ok(values) = result {
                     let mut values = values.into_iter();
@@ -296,6 +310,7 @@ impl MirrorTask {
             for (is_candidate, subject) in [(true, candidate), (false, second)] {
                 let Some(subject) = subject else { continue };
                 let subject_first = rand::random::<bool>();
+                let span = self.scorer_span(ScorerKind::Judge, &scorer.upstream, &scorer.cfg.model);
                 let result = verdict::judge(
                     &self.client,
                     scorer,
@@ -306,6 +321,12 @@ impl MirrorTask {
                     timeout,
                 )
                 .await;
+                if let Some(span) = span {
+                    match &result {
+                        Ok(judged) => span.finish_scorer(judged.usage, None),
+                        Err(e) => span.finish_scorer(Usage::default(), Some(e.outcome())),
+                    }
+                }
                 self.scorer_outcome("judge", result.as_ref().err().copied());
                 if let Ok(judged) = result {
                     self.metrics.count_tokens(
@@ -333,6 +354,17 @@ impl MirrorTask {
         out
     }
 
+    /// A span for one remote scorer's work, when tracing is on.
+    fn scorer_span(
+        &self,
+        kind: ScorerKind,
+        upstream: &crate::state::Upstream,
+        model: &str,
+    ) -> Option<LlmSpan> {
+        let trace = self.req.trace.as_ref()?;
+        Some(trace.scorer_call(kind, &self.req.route, upstream, model))
+    }
+
     fn scorer_outcome(&self, scorer: &str, failure: Option<ScorerFailure>) {
         let outcome = failure.map_or("ok", ScorerFailure::outcome);
         self.metrics
@@ -349,12 +381,20 @@ impl MirrorTask {
     }
 
     /// Sends the request to `release` and reads the whole answer into an observation.
-    async fn call(&self, release: &Release) -> Observation {
+    async fn call(&self, release: &Release, role: Role) -> Observation {
         let started = Instant::now();
+        let req = &self.req;
+        let mut span = req
+            .trace
+            .as_ref()
+            .map(|t| t.mirror_call(req.shape, &req.route, release, role));
         let obs = self
-            .try_call(release, started)
+            .try_call(release, started, span.as_mut())
             .await
             .unwrap_or_else(Observation::failed);
+        if let Some(span) = span {
+            span.finish(&obs, false);
+        }
         let route = &self.req.route;
         self.metrics
             .shadow_duration
@@ -372,7 +412,12 @@ impl MirrorTask {
         obs
     }
 
-    async fn try_call(&self, release: &Release, started: Instant) -> Result<Observation, Failure> {
+    async fn try_call(
+        &self,
+        release: &Release,
+        started: Instant,
+        mut span: Option<&mut LlmSpan>,
+    ) -> Result<Observation, Failure> {
         let req = &self.req;
         let timeout = req.route.policy.shadow.timeout;
         let parsed = RequestBody::parse(&req.body).map_err(|_| Failure::Malformed)?;
@@ -380,6 +425,9 @@ impl MirrorTask {
             rewrite_request(req.shape, &parsed, release, true).map_err(|_| Failure::Malformed)?;
         let mut headers = outbound_headers(req.headers.clone(), &release.upstream, true);
         headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+        if let Some(span) = span.as_deref() {
+            span.inject(&mut headers);
+        }
         let upstream_req = build_request(&release.upstream, &req.uri, headers, Bytes::from(body))
             .map_err(|_| Failure::Transport)?;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -411,6 +459,9 @@ impl MirrorTask {
                     if let Some(data) = frame.data_ref() {
                         ttfb.get_or_insert_with(|| started.elapsed());
                         observer.feed(data);
+                        if let Some(span) = span.as_deref_mut() {
+                            span.saw(data);
+                        }
                     }
                 }
             }

@@ -71,11 +71,16 @@ pub async fn replay(
             uri,
             headers,
             body,
+            // A replay is not a client request: no span to hang its calls on.
+            trace: None,
         },
         _permit: None,
     };
-    let (candidate, reference, second) =
-        tokio::join!(task.call(&release), task.call(&stable), task.call(&stable));
+    let (candidate, reference, second) = tokio::join!(
+        task.call(&release, Role::Candidate),
+        task.call(&stable, Role::Stable),
+        task.call(&stable, Role::Stable)
+    );
     let weights = route.policy.scoring.weights;
     let checked = |subject: &Observation| {
         let s = score(&reference, subject, &weights)?;
