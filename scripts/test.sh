@@ -3,7 +3,8 @@
 # against the real binary, and the end-to-end test with a real Prometheus and Alertmanager.
 # Installs what those need when it is missing (a Python virtualenv with the SDKs, Playwright and
 # kubernetes-validate; Debian's chromium, prometheus, prometheus-alertmanager and iproute2; a
-# kubectl that renders kustomizations), so it works on a fresh machine.
+# kubectl that renders kustomizations; Debian's postgresql, whose binaries the fleet tests run as
+# throwaway clusters), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +73,14 @@ if ! kubectl kustomize deploy/kubernetes/base >/dev/null 2>&1; then
     dpkg -x "$tools"/kubernetes-client_*.deb "$tools"
   fi
   export UNDERSTUDY_KUBECTL="$kubectl"
+fi
+
+# The fleet and durability tests start their own PostgreSQL clusters from these binaries (the
+# package's own cluster is not used).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    postgresql >/dev/null
 fi
 
 cargo test --workspace --all-targets

@@ -50,13 +50,16 @@ pub use domain::{Prices, ReleaseSpec};
 pub use server::{run, run_reloading, run_with_store, Listeners, ReloadFrom, ServerError};
 pub use telemetry::{current_trace_id, TraceIdJson};
 
-/// The seam between the controller and its durable store: the trait, the SQLite backend and
-/// what a backend is given. `run_with_store` takes any backend; the integration tests wrap the
-/// SQLite one to make writes fail on demand.
+/// The seam between the controller and its durable store: the trait, the SQLite and PostgreSQL
+/// backends and what a backend is given. `run_with_store` takes any backend; the integration
+/// tests wrap the SQLite one to make writes fail on demand, and drive the PostgreSQL one
+/// directly (`tests/store_postgres.rs`).
 pub mod store {
     pub use crate::control::{
-        EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition,
+        EventRecord, Fleet, FleetSignal, JudgeInput, JudgeSample, Loaded, PgStore, ReleaseRecord,
+        Replica, RouteRecord, SampleList, SqliteStore, Store, StoreError, Transition,
     };
+    pub use crate::domain::{EventKind, Phase};
 }
 
 /// The pure functions of the hot paths and the judge, for the benches.

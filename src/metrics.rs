@@ -53,6 +53,8 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub store_healthy: IntGauge,
     pub store_pending: IntGauge,
+    pub fleet_leader: IntGauge,
+    pub fleet_state_lag: IntGauge,
     pub proxy_connections: IntGauge,
     pub connections_closed: IntCounterVec,
     pub requests_rejected: IntCounterVec,
@@ -149,6 +151,8 @@ impl Metrics {
             store_errors: register(r, IntCounterVec::new(Opts::new("understudy_store_errors_total", "Failed store operations, by op (commit: a change or a queued rollback; samples: review samples; probe: the retry timer's test write; check: the store file removed or replaced; read)."), &["op"])?)?,
             store_healthy: register(r, IntGauge::with_opts(Opts::new("understudy_store_healthy", "1 while the store takes writes and every change is durable; 0 while it is failing (rollbacks still take effect, in memory; other changes are refused)."))?)?,
             store_pending: register(r, IntGauge::with_opts(Opts::new("understudy_store_pending_changes", "Changes in effect (rollbacks) but not yet written to the store, retried every second."))?)?,
+            fleet_leader: register(r, IntGauge::with_opts(Opts::new("understudy_fleet_leader", "1 on the replica of a fleet (shared PostgreSQL store) that runs the judge, 0 on the others and outside a fleet."))?)?,
+            fleet_state_lag: register(r, IntGauge::with_opts(Opts::new("understudy_fleet_state_lag", "State versions the shared store has that this replica does not serve yet (0 when current)."))?)?,
             proxy_connections: register(r, IntGauge::new("understudy_proxy_connections", "Client connections open on the proxy listener.")?)?,
             connections_closed: register(r, IntCounterVec::new(Opts::new("understudy_connections_closed_total", "Client connections the proxy closed itself, by reason (header_timeout, idle_timeout, over_capacity, shutdown)."), &["reason"])?)?,
             requests_rejected: register(r, IntCounterVec::new(Opts::new("understudy_requests_rejected_total", "Requests answered by the proxy itself before any upstream, by reason (overloaded: 503, body_timeout: 408)."), &["reason"])?)?,
@@ -403,6 +407,13 @@ impl Metrics {
         if recovered {
             tracing::info!("store recovered: every change is durable");
         }
+    }
+
+    /// In a fleet: whether this replica runs the judge, and how many state versions behind
+    /// the shared store it serves.
+    pub fn fleet_state(&self, leader: bool, lag: i64) {
+        self.fleet_leader.set(i64::from(leader));
+        self.fleet_state_lag.set(lag);
     }
 
     /// The judge took a sample: its figures as gauges.

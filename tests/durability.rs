@@ -135,6 +135,7 @@ impl Understudy {
             .arg("--config")
             .arg(config)
             .env("UNDERSTUDY_ADMIN_TOKEN", TOKEN)
+            .env(support::pg::PASSWORD_ENV, support::pg::PASSWORD)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -665,14 +666,30 @@ struct Stats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &durability_config(), "");
+    survive_sigkill(&config, ROUNDS).await;
+}
+
+/// The same model against the PostgreSQL store (a throwaway cluster): the state
+/// is the database's, so a killed replica's acknowledged changes must be there after restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_sigkill_on_postgres() {
+    let cluster = support::pg::Cluster::start();
+    let url = cluster.database("durability");
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::pg::on_postgres(&durability_config(), &url);
+    let config = write_config(dir.path(), &text, "");
+    survive_sigkill(&config, ROUNDS).await;
+}
+
+async fn survive_sigkill(config: &Path, rounds: u32) {
     let seed = std::env::var("DURABILITY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     println!("durability: seed {seed} (replay with DURABILITY_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &durability_config(), "");
     let log = Log::default();
     log.push(&format!("seed {seed}"));
     let mut stats = Stats::default();
@@ -681,8 +698,8 @@ async fn acknowledged_changes_survive_sigkill() {
     let mut acked: Option<Model> = None;
     let mut in_flight: Option<Op> = None;
     // The last round only restarts and checks what the previous kill left.
-    for round in 0..=ROUNDS {
-        let mut proc = Understudy::start(&config, &log).await;
+    for round in 0..=rounds {
+        let mut proc = Understudy::start(config, &log).await;
         let admin = proc.admin.clone();
         let client = support::client();
         let found = Model::from_detail(&detail(&client, &admin, &log).await)
@@ -714,7 +731,7 @@ async fn acknowledged_changes_survive_sigkill() {
                 found
             }
         };
-        if round == ROUNDS {
+        if round == rounds {
             acked = Some(m);
             break;
         }

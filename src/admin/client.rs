@@ -84,6 +84,11 @@ impl AdminClient {
         self.call(Method::GET, "/admin/routes", None).await
     }
 
+    /// `GET /admin/fleet`.
+    pub async fn fleet(&self) -> Result<Value, ClientError> {
+        self.call(Method::GET, "/admin/fleet", None).await
+    }
+
     /// `GET /admin/routes/{route}`.
     pub async fn route(&self, route: &str) -> Result<Value, ClientError> {
         let path = format!("/admin/routes/{}", percent_encode(route));

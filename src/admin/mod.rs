@@ -147,6 +147,19 @@ impl Admin {
                     None => unavailable(),
                 }
             }
+            (&Method::GET, ["admin", "fleet"]) => {
+                let (reply, rx) = oneshot::channel();
+                match self.ask(Command::Fleet { reply }, rx).await {
+                    Some(Ok(view)) => json_response(StatusCode::OK, &view),
+                    Some(Err(e)) => error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        &e.to_string(),
+                        None,
+                    ),
+                    None => unavailable(),
+                }
+            }
             (&Method::GET, ["admin", "routes", name, "samples"]) => {
                 self.samples(name, req.uri().query()).await
             }

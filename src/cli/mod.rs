@@ -311,7 +311,17 @@ pub fn admin_command(call: AdminCall) -> ExitCode {
 async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<String, String> {
     let client = AdminClient::new(base, token);
     let v = match &call {
-        AdminCall::Status { route: None, .. } => client.routes().await,
+        AdminCall::Status { route: None, .. } => match client.routes().await {
+            // The replicas sharing the store, when there are (a server without the endpoint
+            // or with a failing store shows the routes alone).
+            Ok(mut v) => {
+                if let Ok(fleet) = client.fleet().await {
+                    v["fleet"] = fleet;
+                }
+                Ok(v)
+            }
+            Err(e) => Err(e),
+        },
         AdminCall::Status { route: Some(r), .. } | AdminCall::History { route: r, .. } => {
             client.route(r).await
         }
@@ -339,7 +349,7 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
                 pretty(&v)
             } else {
                 let routes = v["routes"].as_array().map_or(&[][..], Vec::as_slice);
-                status_table(routes) + &store_notes(routes)
+                status_table(routes) + &store_notes(routes) + &fleet_table(&v["fleet"])
             }
         }
         AdminCall::Status { json: true, .. } | AdminCall::History { json: true, .. } => pretty(&v),
@@ -397,6 +407,46 @@ fn release_cell(v: &Value) -> String {
 }
 
 /// Routes as an aligned table.
+/// The replicas of a fleet (a shared PostgreSQL store), after the routes; empty otherwise.
+fn fleet_table(fleet: &Value) -> String {
+    let Some(replicas) = fleet["replicas"].as_array().filter(|r| !r.is_empty()) else {
+        return String::new();
+    };
+    let mut rows = vec![
+        ["REPLICA", "ADDRESS", "LAST SEEN", "LEADER", "STATE VERSION"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for r in replicas {
+        let seen = match (r["alive"].as_bool(), r["last_seen_seconds_ago"].as_f64()) {
+            (Some(false), Some(s)) => format!("{s:.1}s ago (gone)"),
+            (_, Some(s)) => format!("{s:.1}s ago"),
+            _ => "-".into(),
+        };
+        let mut id = r["id"].as_str().unwrap_or("").to_string();
+        if r["this"] == Value::Bool(true) {
+            id.push_str(" (this)");
+        }
+        rows.push(vec![
+            id,
+            r["address"].as_str().unwrap_or("").into(),
+            seen,
+            if r["leader"] == Value::Bool(true) {
+                "yes"
+            } else {
+                ""
+            }
+            .into(),
+            format!("{} of {}", r["state_version"], fleet["state_version"]),
+        ]);
+    }
+    format!(
+        "\n\nfleet (store {}):\n{}",
+        fleet["store"].as_str().unwrap_or(""),
+        table(&rows)
+    )
+}
+
 fn status_table(routes: &[Value]) -> String {
     let mut rows = vec![[
         "ROUTE",
@@ -578,6 +628,28 @@ mod tests {
         );
         let bare = status_table(&[json!({"name": "r", "scorers": []})]);
         assert!(bare.lines().nth(1).unwrap().ends_with('-'), "{bare}");
+    }
+
+    #[test]
+    fn the_fleet_is_listed_after_the_routes() {
+        assert_eq!(fleet_table(&json!({"store": "sqlite", "replicas": []})), "");
+        let fleet = json!({"store": "postgres", "state_version": 7, "replicas": [
+            {"id": "a:8081", "address": "10.0.0.1:8081", "last_seen_seconds_ago": 0.4,
+             "alive": true, "leader": true, "state_version": 7, "this": true},
+            {"id": "b:8081", "address": "10.0.0.2:8081", "last_seen_seconds_ago": 12.0,
+             "alive": false, "leader": false, "state_version": 5, "this": false}]});
+        let text = fleet_table(&fleet);
+        assert!(text.contains("fleet (store postgres)"), "{text}");
+        let a = text
+            .lines()
+            .find(|l| l.starts_with("a:8081 (this)"))
+            .unwrap();
+        assert!(a.contains("yes") && a.contains("7 of 7"), "{a}");
+        let b = text.lines().find(|l| l.starts_with("b:8081")).unwrap();
+        assert!(
+            b.contains("12.0s ago (gone)") && b.contains("5 of 7"),
+            "{b}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - `types`: the validated runtime types.
 
 mod check;
+mod postgres;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 use check::{line_at, Checker};
+pub use postgres::{parse_postgres_url, postgres_url_problem, PostgresUrl, SslMode};
 pub use types::*;
 
 /// The whole validated configuration.

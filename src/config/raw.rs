@@ -35,6 +35,8 @@ pub struct Admin {
 #[serde(deny_unknown_fields)]
 pub struct Store {
     pub path: Option<String>,
+    pub url: Option<String>,
+    pub password_env: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

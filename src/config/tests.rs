@@ -435,6 +435,12 @@ fn server_admin_store_rules() {
         ("[admin]\ntoken_env = \"1TOKEN\"", &["line 2: admin.token_env: must be an environment variable name"]),
         ("[admin]\ntoken_env = \"\"", &["line 2: admin.token_env: must be an environment variable name"]),
         ("[store]\npath = \"\"", &["line 2: store.path: must not be empty"]),
+        ("[store]\nurl = \"postgres://u:secret@db/x\"", &["line 2: store.url: must not contain a password: put it in the environment variable named by store.password_env"]),
+        ("[store]\nurl = \"postgres://u@db/x?sslmode=on\"", &["line 2: store.url: sslmode \"on\" is not one of disable, allow, prefer, require, verify-ca, verify-full"]),
+        ("[store]\nurl = \"mysql://u@db/x\"", &["line 2: store.url: must be a postgres:// or postgresql:// URL"]),
+        ("[store]\npath = \"a.db\"\nurl = \"postgres://u@db/x\"", &["line 3: store.url: give either store.path (SQLite, one server) or store.url (PostgreSQL, a fleet), not both"]),
+        ("[store]\npassword_env = \"PW\"", &["line 2: store.password_env: only goes with store.url"]),
+        ("[store]\nurl = \"postgres://u@db/x\"\npassword_env = \"P-W\"", &["line 3: store.password_env: must be an environment variable name"]),
     ];
     for (text, expected) in cases {
         check(&format!("{text}{UPSTREAM}"), expected);

@@ -87,11 +87,22 @@ impl Default for AdminConfig {
     }
 }
 
-/// `[store]`: the embedded database.
+/// `[store]`: the embedded database, or a PostgreSQL database a fleet of replicas shares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     /// `path`, default `data/understudy.db`, resolved against the config file's directory.
     pub path: PathBuf,
+    /// `url` (with `password_env`): PostgreSQL instead of the file at `path`.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[store] url = "postgres://..."`: the shared store of a fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// The libpq-style URL, without a password (`sslmode` and the other parameters in it).
+    pub url: String,
+    /// The environment variable holding the password, if the server asks for one.
+    pub password_env: Option<String>,
 }
 
 /// `[log]`: how the server's log lines are written.

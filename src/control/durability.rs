@@ -156,6 +156,26 @@ impl Durability {
         }
     }
 
+    /// Puts back the failure `flush` replaced, when its error was no failure of the store (a
+    /// shared store's route changed on another replica first).
+    pub fn restore(&mut self, failing: Option<String>) {
+        self.failing = failing;
+    }
+
+    /// Computes each queued transition again (`again(route, transition)`, in order, on a newer
+    /// state of a shared store); one for which it gives None is dropped: nothing is left to do.
+    pub fn rederive(&mut self, mut again: impl FnMut(&str, &Transition) -> Option<Transition>) {
+        let queued = std::mem::take(&mut self.pending);
+        self.pending = queued
+            .into_iter()
+            .filter_map(|mut p| {
+                p.transition = again(&p.route, &p.transition)?;
+                p.attempts = 0;
+                Some(p)
+            })
+            .collect();
+    }
+
     /// Writes the queue in order through `commit`, stopping at the first failure (that
     /// transition and every later one stay queued, in order, their attempts counted).
     pub fn flush<E: ToString>(

@@ -26,6 +26,7 @@ use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 
 mod drill;
 mod durability;
+mod fleet;
 mod judge;
 mod lifecycle;
 mod reload;
@@ -46,15 +47,22 @@ pub use views::RouteView;
 
 pub use drill::DRILL_REASON;
 pub use durability::StoreStatus;
+pub use fleet::FleetView;
 pub use lifecycle::Refused;
 pub use reload::{Reconfigure, ReloadError, ReloadOutcome, ReloadRequest, Reloaded};
-pub use store::{EventRecord, Loaded, SampleList, SqliteStore, Store, StoreError, Transition};
+pub use store::{
+    EventRecord, Fleet, FleetSignal, JudgeInput, JudgeSample, Loaded, PgStore, ReleaseRecord,
+    Replica, RouteRecord, SampleList, SqliteStore, Store, StoreError, Transition,
+};
 
 /// How often kept review samples are written to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// How often the store is retried while failing (queued changes first), or checked (its file
 /// still the one opened) while healthy.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often, in a fleet, this replica's scores go onto the shared stream and the stream's new
+/// scores into the judges.
+const FLEET_JUDGE_EVERY: Duration = Duration::from_millis(100);
 /// Events listed per route in its detail.
 const EVENTS_SHOWN: usize = 200;
 
@@ -136,6 +144,10 @@ pub enum Command {
         version: Option<u32>,
         reply: Reply<Option<(Arc<Route>, Arc<Release>)>>,
     },
+    /// The replicas sharing the store (`GET /admin/fleet`).
+    Fleet {
+        reply: Reply<Result<FleetView, StoreError>>,
+    },
     /// A re-read configuration file (`reload.rs`).
     Reload {
         next: Box<Reconfigure>,
@@ -199,6 +211,8 @@ pub struct Controller {
     /// The store's status for `/readyz`, which reads it without asking this thread (which may
     /// be waiting on a slow disk).
     health: watch::Sender<StoreStatus>,
+    /// In a fleet (a shared store): the judge's stream, the leadership, the store's signals.
+    fleet: Option<fleet::FleetRuntime>,
 }
 
 fn now_ms() -> i64 {
@@ -217,7 +231,54 @@ impl Controller {
         default_upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
     ) -> Result<Controller, StartError> {
-        let mut histories = reload::histories(store.load()?);
+        // Replicas starting together may each create a route: a change another replica made
+        // first is read back and reconciled again.
+        let mut attempts = 0;
+        let (routes, settings) = loop {
+            attempts += 1;
+            match Self::reconcile_all(config, &mut store, &upstreams) {
+                Err(StartError::Store(StoreError::Stale(route))) if attempts < 5 => {
+                    tracing::info!(
+                        route,
+                        "another replica changed the route while starting; reading it again"
+                    );
+                }
+                other => break other?,
+            }
+        };
+        let mut c = Controller {
+            state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
+                Vec::new(),
+                Arc::clone(&default_upstream),
+            ))),
+            metrics,
+            store,
+            upstreams,
+            default_upstream,
+            settings,
+            routes,
+            durability: Durability::default(),
+            health: watch::channel(StoreStatus::default()).0,
+            fleet: None,
+        };
+        c.publish().map_err(StartError::Invalid)?;
+        c.store_turned(Turn::Same);
+        c.fleet_start();
+        Ok(c)
+    }
+
+    /// Loads the store and reconciles every configured route with it, committing what changed.
+    #[expect(clippy::type_complexity, reason = "two maps, used once")]
+    fn reconcile_all(
+        config: &Config,
+        store: &mut Box<dyn Store>,
+        upstreams: &HashMap<String, Arc<Upstream>>,
+    ) -> Result<(BTreeMap<String, RouteRuntime>, BTreeMap<String, Settings>), StartError> {
+        let loaded = match store.fleet() {
+            Some(fleet) => fleet.reload()?,
+            None => store.load()?,
+        };
+        let mut histories = reload::histories(loaded);
         let mut routes = BTreeMap::new();
         let mut settings = BTreeMap::new();
         let now = now_ms();
@@ -246,26 +307,10 @@ impl Controller {
                     trend: trend::Trend::default(),
                 },
             );
-            let policy = RoutePolicy::new(cfg, &upstreams);
+            let policy = RoutePolicy::new(cfg, upstreams);
             settings.insert(name.clone(), Settings::of(cfg, Arc::new(policy)));
         }
-        let mut c = Controller {
-            state: Arc::new(ArcSwap::from_pointee(Snapshot::new(
-                Vec::new(),
-                Arc::clone(&default_upstream),
-            ))),
-            metrics,
-            store,
-            upstreams,
-            default_upstream,
-            settings,
-            routes,
-            durability: Durability::default(),
-            health: watch::channel(StoreStatus::default()).0,
-        };
-        c.publish().map_err(StartError::Invalid)?;
-        c.store_turned(Turn::Same);
-        Ok(c)
+        Ok((routes, settings))
     }
 
     /// The snapshot the request path reads.
@@ -289,6 +334,14 @@ impl Controller {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut judge = tokio::time::interval(FLEET_JUDGE_EVERY);
+        judge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signal = self.fleet.as_ref().map(|f| f.signal.clone());
+        if let Some(s) = &mut signal {
+            // What the store's session learned before this loop (the lock, a newer version).
+            s.mark_changed();
+        }
+        let in_fleet = signal.is_some();
         loop {
             tokio::select! {
                 biased;
@@ -297,13 +350,16 @@ impl Controller {
                     Some(cmd) => self.apply(cmd),
                     None => break,
                 },
+                Ok(()) = changed(&mut signal) => self.fleet_signalled(),
                 _ = retry.tick() => self.tend_store(),
+                _ = judge.tick(), if in_fleet => self.fleet_tick(),
                 _ = flush.tick() => self.flush_reviews(),
                 Some(s) = samples.recv() => self.sample(s),
             }
         }
         self.flush_reviews();
         self.flush_pending();
+        self.fleet_tick();
         if self.durability.pending() > 0 {
             tracing::error!(
                 pending = self.durability.pending(),
@@ -320,7 +376,12 @@ impl Controller {
                 change,
                 reply,
             } => {
-                let result = self.change(&route, change).and_then(|()| {
+                let result = match self.change(&route, change.clone()) {
+                    // Another replica changed the route first: computed again on its state.
+                    Err(ChangeError::Store(StoreError::Stale(_))) => self.change(&route, change),
+                    other => other,
+                };
+                let result = result.and_then(|()| {
                     let mut view = self
                         .view(&route, false)
                         .ok_or_else(|| ChangeError::UnknownRoute(route.clone()))?;
@@ -367,6 +428,9 @@ impl Controller {
                 reply,
             } => {
                 let _ = reply.send(self.release_of(&route, version));
+            }
+            Command::Fleet { reply } => {
+                let _ = reply.send(self.fleet_view());
             }
             Command::Reload { next, reply } => {
                 let _ = reply.send(self.reload(*next));
@@ -448,15 +512,31 @@ impl Controller {
             .events
             .last()
             .map_or((None, None), |e| (e.from_version, e.to_version));
-        self.metrics.rolled_back(route, *trigger, reason, from, to);
+        let dropped = self.fleet_dropped();
         self.durability.queue(route, t);
         self.flush_pending();
+        if self.fleet_dropped() == dropped {
+            self.metrics.rolled_back(route, *trigger, reason, from, to);
+        } else {
+            // Another replica rolled the same candidate back first (a duplicate alert): one
+            // rollback fleet-wide, counted where it was written.
+            tracing::info!(
+                route,
+                trigger = trigger.as_str(),
+                "already rolled back by another replica"
+            );
+        }
         Ok(())
     }
 
     /// Commits `t`, applies it in memory and publishes the new snapshot.
     fn commit(&mut self, route: &str, t: &Transition) -> Result<(), ChangeError> {
         if let Err(e) = self.store.commit(t) {
+            if let StoreError::Stale(_) = e {
+                // Not a failing store: another replica changed the route first.
+                self.resync();
+                return Err(e.into());
+            }
             let turn = self.durability.failed(e.to_string());
             self.metrics
                 .store_error("commit", &e, turn == Turn::Failing);
@@ -472,8 +552,22 @@ impl Controller {
     /// Writes the queued changes in order, as far as the store takes them. A change whose
     /// earlier attempt failed is first looked for in the store, so none is written twice.
     fn flush_pending(&mut self) {
+        for _ in 0..3 {
+            let before = self.durability.failure().map(str::to_owned);
+            if self.flush_once() {
+                return;
+            }
+            // Another replica changed the route first: not a failure of the store. Read its
+            // state; the rollback, computed again on it, is written (or is already done).
+            self.durability.restore(before);
+            self.resync();
+        }
+    }
+
+    /// One attempt of `flush_pending`; false when a shared store said a route changed first.
+    fn flush_once(&mut self) -> bool {
         if self.durability.pending() == 0 {
-            return;
+            return true;
         }
         let store = &mut self.store;
         let flushed = self.durability.flush(|p| {
@@ -485,14 +579,18 @@ impl Controller {
             }
             store.commit(&p.transition)
         });
+        for route in &flushed.committed {
+            tracing::debug!(route, "queued change written to the store");
+        }
+        if let Some(StoreError::Stale(_)) = &flushed.error {
+            return false;
+        }
         if let Some(e) = &flushed.error {
             self.metrics
                 .store_error("commit", e, flushed.turn == Turn::Failing);
         }
-        for route in &flushed.committed {
-            tracing::debug!(route, "queued change written to the store");
-        }
         self.store_turned(flushed.turn);
+        true
     }
 
     /// The retry timer: write what is queued; else, while failing, probe the store with a write
@@ -601,14 +699,16 @@ impl Controller {
         };
         let policy = &settings.policy;
         let window = policy.rollback.window;
-        if let Some(noise) = &s.noise {
+        // In a fleet the judges are fed from the shared stream (`fleet.rs`), this one included.
+        let local = self.fleet.is_none();
+        if let (true, Some(noise)) = (local, &s.noise) {
             rt.judge
                 .record_noise(noise.combined, &noise.tracked(), window);
             policy.set_noise_samples(rt.judge.noise_samples());
         }
         // A sample for a candidate that is no longer live (rolled back meanwhile) is not judged.
         let live = rt.history.record.candidate == Some(s.candidate_version);
-        if live {
+        if live && local {
             rt.judge.record(
                 s.score.combined,
                 s.candidate_error,
@@ -650,17 +750,30 @@ impl Controller {
         let record = &rt.history.record;
         rt.trend
             .record(now_ms(), &figures, record.phase, record.share);
-        self.metrics.judged(&s.route, &figures);
-        if !live {
+        if !local {
+            self.fleet_sample(&s);
             return;
         }
+        self.metrics.judged(&s.route, &figures);
+        if live {
+            self.decide(&s.route);
+        }
+    }
+
+    /// The judge's decision for a route, acted on (or only logged, with `auto = false`).
+    fn decide(&mut self, route: &str) {
+        let (Some(rt), Some(settings)) = (self.routes.get_mut(route), self.settings.get(route))
+        else {
+            return;
+        };
+        let policy = &settings.policy;
         let Some(trigger) = rt.judge.decide(&policy.rollback) else {
             return;
         };
         let reason = rt.judge.explain(trigger, &policy.rollback);
         if !policy.rollback.auto {
             // Alert-only: the quality gauge and Prometheus rules carry it from here.
-            tracing::warn!(route = %s.route, trigger = trigger.as_str(), %reason, "judge would roll back (auto = false)");
+            tracing::warn!(route, trigger = trigger.as_str(), %reason, "judge would roll back (auto = false)");
             rt.judge.reset_candidate();
             return;
         }
@@ -669,8 +782,8 @@ impl Controller {
             trigger,
             reason,
         };
-        if let Err(e) = self.change(&s.route, change) {
-            tracing::error!(route = %s.route, error = %e, "automatic rollback failed");
+        if let Err(e) = self.change(route, change) {
+            tracing::error!(route, error = %e, "automatic rollback failed");
         }
     }
 
@@ -799,5 +912,15 @@ impl Controller {
             view.with_detail(&rt.history, &events)
                 .with_trend(rt.trend.points()),
         )
+    }
+}
+
+/// A change of the fleet's signal; never, outside a fleet.
+async fn changed(
+    signal: &mut Option<watch::Receiver<store::FleetSignal>>,
+) -> Result<(), watch::error::RecvError> {
+    match signal {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }

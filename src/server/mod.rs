@@ -29,7 +29,7 @@ use workers::{log_end, Handoff, Hygiene, Workers};
 
 use crate::admin::{Admin, Listings, Replayer};
 use crate::config::Config;
-use crate::control::{Controller, SqliteStore, Store};
+use crate::control::{Controller, PgStore, Replica, SqliteStore, Store};
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::shadow::Shadow;
@@ -111,9 +111,56 @@ pub async fn run_reloading(
     secret: impl Fn(&str) -> Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store =
-        SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?;
-    serve(config, listeners, secret, shutdown, Box::new(store), reload).await
+    let store = open_store(&config, &listeners, &secret).await?;
+    serve(config, listeners, secret, shutdown, store, reload).await
+}
+
+/// The store of `config.store`: the SQLite file, or PostgreSQL (`url`) shared by a fleet.
+async fn open_store(
+    config: &Config,
+    listeners: &Listeners,
+    secret: &impl Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Store>, ServerError> {
+    Ok(match &config.store.postgres {
+        None => Box::new(
+            SqliteStore::open(&config.store.path).map_err(|e| ServerError::Setup(e.to_string()))?,
+        ),
+        Some(pg) => {
+            let password = match &pg.password_env {
+                Some(name) => Some(secret(name).ok_or_else(|| {
+                    ServerError::Setup(format!(
+                        "store.password_env: environment variable {name} is not set"
+                    ))
+                })?),
+                None => None,
+            };
+            let admin = listeners
+                .admin
+                .local_addr()
+                .map_err(|e| ServerError::Setup(format!("admin listener: {e}")))?;
+            let replica = Replica {
+                id: format!("{}:{}", host_name(), admin.port()),
+                address: admin.to_string(),
+            };
+            // Connecting and migrating wait on the network: off the async workers.
+            let url = pg.url.clone();
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url, password, replica))
+                .await
+                .map_err(|e| ServerError::Setup(format!("store: {e}")))?
+                .map_err(|e| ServerError::Setup(e.to_string()))?;
+            Box::new(store)
+        }
+    })
+}
+
+/// This machine's name, for the replica's id in a fleet.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// [`run`] on an already opened store (`config.store` is not opened): the seam for another

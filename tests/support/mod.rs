@@ -22,6 +22,8 @@ use understudy::Config;
 use understudy::{run, run_with_store, Listeners};
 use understudy_sim::{Behavior, SimUpstream};
 
+pub mod pg;
+
 pub const TOKEN: &str = "test-admin-token";
 
 /// A running simulated upstream.

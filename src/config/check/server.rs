@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use super::Checker;
 use crate::config::raw;
-use crate::config::types::{AdminConfig, LogConfig, LogFormat, ServerConfig, StoreConfig};
+use crate::config::types::{
+    AdminConfig, LogConfig, LogFormat, PostgresConfig, ServerConfig, StoreConfig,
+};
 
 const DEFAULT_STORE_PATH: &str = "data/understudy.db";
 const MAX_WORKERS: usize = 1024;
@@ -94,6 +96,7 @@ impl<'a> Checker<'a> {
 
     pub(super) fn store(&mut self) -> StoreConfig {
         let raw: raw::Store = self.optional_section(self.doc.get("store"), &["store"]);
+        let had_path = raw.path.is_some();
         let path = match raw.path {
             Some(path) if path.is_empty() => {
                 self.report(&["store", "path"], "must not be empty");
@@ -103,7 +106,36 @@ impl<'a> Checker<'a> {
                 .base_dir
                 .join(path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
         };
-        StoreConfig { path }
+        let postgres = self.postgres(raw.url, raw.password_env, had_path);
+        StoreConfig { path, postgres }
+    }
+
+    /// `url` and `password_env`: a PostgreSQL URL with no password in it and an `sslmode` libpq
+    /// knows; `path` is then not allowed.
+    fn postgres(
+        &mut self,
+        url: Option<String>,
+        password_env: Option<String>,
+        had_path: bool,
+    ) -> Option<PostgresConfig> {
+        let password_env = self.env_name(&["store", "password_env"], password_env);
+        let Some(url) = url else {
+            if password_env.is_some() {
+                self.report(&["store", "password_env"], "only goes with store.url");
+            }
+            return None;
+        };
+        if had_path {
+            self.report(
+                &["store", "url"],
+                "give either store.path (SQLite, one server) or store.url (PostgreSQL, a fleet), not both",
+            );
+        }
+        if let Err(problem) = crate::config::postgres_url_problem(&url) {
+            self.report(&["store", "url"], problem);
+            return None;
+        }
+        Some(PostgresConfig { url, password_env })
     }
 
     pub(super) fn log(&mut self) -> LogConfig {

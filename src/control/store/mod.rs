@@ -24,8 +24,12 @@ use serde_json::{Map, Value};
 
 use crate::domain::{EventKind, Phase, Prices, ReleaseSpec, Trigger};
 
+mod fleet;
+mod postgres;
 mod sqlite;
 
+pub use fleet::{Fleet, FleetSignal, JudgeInput, JudgeSample, ReplicaRecord};
+pub use postgres::{PgStore, Replica};
 pub use sqlite::SqliteStore;
 
 /// One immutable release of a route, as stored.
@@ -247,6 +251,14 @@ pub enum StoreError {
         /// What the OS reported.
         source: std::io::Error,
     },
+    /// PostgreSQL refused or failed an operation, or did not answer in time (its message; the
+    /// password is never part of it).
+    #[error("store (PostgreSQL): {0}")]
+    Postgres(String),
+    /// A shared store's route changed on another replica since this one last read it: the
+    /// change was not written (it is computed again from the newer state).
+    #[error("store: route {0} was changed by another replica meanwhile")]
+    Stale(String),
     /// The store file's directory could not be created.
     #[error("store: cannot create directory {path}: {source}")]
     Dir {
@@ -282,4 +294,12 @@ pub trait Store: Send {
     ) -> Result<(), StoreError>;
     /// One of a route's kept lists, in the order it was given.
     fn samples(&self, route: &str, list: SampleList) -> Result<Vec<String>, StoreError>;
+
+    // ---- Fleet (a store several replicas share). Defaults: one process, no fleet. ----
+
+    /// The fleet side of a store that several replicas share (PostgreSQL); None for a store
+    /// that serves one process (SQLite).
+    fn fleet(&mut self) -> Option<&mut dyn Fleet> {
+        None
+    }
 }
