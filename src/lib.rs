@@ -39,7 +39,10 @@ mod state;
 mod telemetry;
 mod upstream;
 
-pub use cli::{admin_command, check_config, serve, AdminCall};
+pub use cli::{
+    admin_command, check_config, drill_command, export_command, replay_command, serve, AdminCall,
+    Pick, ReplayArgs,
+};
 #[cfg(feature = "sim")]
 pub use cli::{demo, mock_upstream};
 pub use config::{ApiFlavor, Config};

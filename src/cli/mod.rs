@@ -15,6 +15,12 @@ use crate::server::{run_reloading, Listeners, ReloadFrom};
 
 #[cfg(feature = "sim")]
 mod demo;
+mod drill;
+mod export;
+mod replay;
+
+pub use export::Pick;
+pub use replay::ReplayArgs;
 mod logging;
 
 fn say(msg: &str) {
@@ -175,6 +181,63 @@ pub fn mock_upstream(
         })
     });
     exit_code(result)
+}
+
+/// The admin API client of `UNDERSTUDY_ADMIN_URL` and `UNDERSTUDY_ADMIN_TOKEN`.
+fn admin_client() -> AdminClient {
+    let base =
+        std::env::var("UNDERSTUDY_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
+    let token = std::env::var("UNDERSTUDY_ADMIN_TOKEN").ok();
+    AdminClient::new(&base, token.as_deref())
+}
+
+/// `understudy export ROUTE`: the route's captured pairs as JSON Lines on stdout.
+pub fn export_command(route: &str, pick: Pick, format: &str) -> ExitCode {
+    if let Some(problem) = route_name_problem(route) {
+        return exit_code(Err(problem));
+    }
+    if format != "jsonl" {
+        return exit_code(Err(format!("--format must be jsonl, not {format:?}")));
+    }
+    let result = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(async { export::export(&admin_client(), route, pick).await }));
+    exit_code(result.map(|lines| {
+        for line in lines {
+            say(&line);
+        }
+    }))
+}
+
+/// `understudy replay ROUTE --cases FILE`: see `replay.rs` for the exit codes.
+pub fn replay_command(args: &ReplayArgs) -> ExitCode {
+    if let Some(problem) = route_name_problem(&args.route) {
+        complain(&problem);
+        return ExitCode::from(2);
+    }
+    match runtime() {
+        Ok(rt) => {
+            let ending = rt.block_on(replay::replay(admin_client(), args, async {
+                let _ = tokio::signal::ctrl_c().await;
+            }));
+            ExitCode::from(ending.code())
+        }
+        Err(e) => {
+            complain(&e.to_string());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `understudy drill ROUTE`: see `drill.rs`.
+pub fn drill_command(route: &str, proxy_url: &str) -> ExitCode {
+    if let Some(problem) = route_name_problem(route) {
+        return exit_code(Err(problem));
+    }
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async { drill::drill(&admin_client(), route, proxy_url).await })
+    });
+    exit_code(result.map(|out| say(&out)))
 }
 
 /// An admin command of the command line.

@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
 use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 
+mod drill;
 mod durability;
 mod fleet;
 mod judge;
@@ -32,18 +33,21 @@ mod reload;
 mod reviews;
 mod rollout;
 mod store;
+mod trend;
 mod views;
 
 use durability::{Durability, Turn};
 pub use judge::Judge;
 use lifecycle::{AlertBlocked, RouteHistory};
-use reviews::{OutputView, Reviews};
+pub use reviews::OutputView;
+use reviews::Reviews;
 pub use views::{AlertEffect, AlertOutcome};
 
 pub use reviews::ReviewSample;
 pub use rollout::RolloutAction;
 pub use views::RouteView;
 
+pub use drill::DRILL_REASON;
 pub use durability::StoreStatus;
 pub use fleet::FleetView;
 pub use lifecycle::Refused;
@@ -82,6 +86,12 @@ pub enum Change {
     Finalize,
     /// An operator's command to the route's automatic rollout.
     Rollout(RolloutAction),
+    /// Only for `understudy drill`: the candidate it rolled back, back in its phase and share.
+    Restore {
+        version: u32,
+        phase: Phase,
+        share: f64,
+    },
 }
 
 /// One firing alert from Alertmanager.
@@ -132,6 +142,13 @@ pub enum Command {
         order: SampleOrder,
         limit: usize,
         reply: Reply<Option<Vec<ReviewSample>>>,
+    },
+    /// A route as the request path sees it and one of its releases (default: the candidate),
+    /// for a replay; None when there is no such route or release.
+    Release {
+        route: String,
+        version: Option<u32>,
+        reply: Reply<Option<(Arc<Route>, Arc<Release>)>>,
     },
     /// The replicas sharing the store (`GET /admin/fleet`).
     Fleet {
@@ -187,6 +204,8 @@ struct RouteRuntime {
     /// The rollout row whose advance was last refused, so the refusal is logged once, not
     /// every second.
     refused: Option<RolloutRecord>,
+    /// Quality and noise floor over time, for the review page.
+    trend: trend::Trend,
 }
 
 impl RouteRuntime {
@@ -198,6 +217,7 @@ impl RouteRuntime {
             rollout,
             step_samples: 0,
             refused: None,
+            trend: trend::Trend::default(),
         }
     }
 
@@ -447,6 +467,13 @@ impl Controller {
                 });
                 let _ = reply.send(out);
             }
+            Command::Release {
+                route,
+                version,
+                reply,
+            } => {
+                let _ = reply.send(self.release_of(&route, version));
+            }
             Command::Fleet { reply } => {
                 let _ = reply.send(self.fleet_view());
             }
@@ -454,6 +481,25 @@ impl Controller {
                 let _ = reply.send(self.reload(*next));
             }
         }
+    }
+
+    /// The route as the request path sees it, and its release `version` (default: the
+    /// candidate), built from the history when it is neither stable nor the candidate.
+    fn release_of(&self, name: &str, version: Option<u32>) -> Option<(Arc<Route>, Arc<Release>)> {
+        let route = Arc::clone(self.state.load().route(name)?);
+        let version = version.or(route.candidate.as_ref().map(|c| c.version))?;
+        let live = [Some(&route.stable), route.candidate.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|r| r.version == version)
+            .cloned();
+        if let Some(r) = live {
+            return Some((route, r));
+        }
+        let record = self.routes.get(name)?.history.release(version)?;
+        let upstream = self.upstreams.get(&record.upstream)?;
+        let release = Release::new(version, &record.spec(), Arc::clone(upstream));
+        Some((route, Arc::new(release)))
     }
 
     /// Validates, commits and publishes one change. A rollback is published first and written
@@ -531,6 +577,11 @@ impl Controller {
                 reason,
             } => lifecycle::rollback(h, *to, *trigger, reason, now)?,
             Change::Finalize => Some(lifecycle::finalize(h, now)?),
+            Change::Restore {
+                version,
+                phase,
+                share,
+            } => Some(drill::restore(h, *version, *phase, *share, now)?),
         };
         let Some(t) = t else { return Ok(()) };
         let Change::Rollback {
@@ -765,6 +816,8 @@ impl Controller {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             candidate_version: s.candidate_version,
+            stable_version: Some(s.stable_version),
+            api: Some(s.shape.as_str().to_owned()),
             score: s.score.combined,
             scores: s
                 .score
@@ -774,6 +827,7 @@ impl Controller {
                 .collect(),
             hard_failure: s.score.hard_failure.map(|h| h.as_str().to_string()),
             failed_check: s.score.failed_check.clone(),
+            judge_reason: s.judge_reason.clone(),
             request: s
                 .request
                 .as_ref()
@@ -787,11 +841,15 @@ impl Controller {
             policy.scoring.keep_random,
             &mut rand::rng(),
         );
+        let figures = rt.judge.figures();
+        let record = &rt.history.record;
+        rt.trend
+            .record(now_ms(), &figures, record.phase, record.share);
         if !local {
             self.fleet_sample(&s);
             return;
         }
-        self.metrics.judged(&s.route, &rt.judge.figures());
+        self.metrics.judged(&s.route, &figures);
         if live {
             self.decide(&s.route);
         }
@@ -1113,7 +1171,10 @@ impl Controller {
                 .pending_of(name)
                 .flat_map(|t| t.events.iter().cloned()),
         );
-        Some(view.with_detail(&rt.history, &events))
+        Some(
+            view.with_detail(&rt.history, &events)
+                .with_trend(rt.trend.points()),
+        )
     }
 }
 

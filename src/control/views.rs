@@ -11,6 +11,7 @@ use super::judge::ScorerQuality;
 use super::lifecycle::RouteHistory;
 use super::rollout::RolloutView;
 use super::store::{EventRecord, ReleaseRecord};
+use super::trend::TrendPoint;
 use crate::domain::{EventKind, Phase, ReleaseState, Trigger};
 use crate::metrics::JudgeFigures;
 
@@ -47,6 +48,9 @@ pub struct RouteView {
     /// The newest events, oldest first (detail only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<EventView>>,
+    /// Quality and noise floor over the recent past, oldest first (detail only; in memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trend: Option<Vec<TrendPoint>>,
 }
 
 impl RouteView {
@@ -78,6 +82,7 @@ impl RouteView {
             durable: None,
             releases: None,
             events: None,
+            trend: None,
         }
     }
 
@@ -100,6 +105,12 @@ impl RouteView {
                 .collect(),
         );
         self.events = Some(events.iter().map(EventView::from).collect());
+        self
+    }
+
+    /// With the route's trend.
+    pub fn with_trend(mut self, points: Vec<TrendPoint>) -> Self {
+        self.trend = Some(points);
         self
     }
 }
@@ -287,6 +298,7 @@ mod tests {
             durable: None,
             releases: Some(vec![release]),
             events: None,
+            trend: None,
         }
         .redacted();
         let v = serde_json::to_value(&route).unwrap_or_default();

@@ -137,6 +137,8 @@ names!(
         RolloutPaused = "rollout_paused",
         /// An operator resumed the automatic rollout.
         RolloutResumed = "rollout_resumed",
+        /// A rollback drill put the candidate it had rolled back back in its phase and share.
+        Restored = "restored",
     }
 );
 
