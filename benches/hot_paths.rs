@@ -265,6 +265,70 @@ fn observer(c: &mut Criterion) {
     group.finish();
 }
 
+/// The observer of a stream nobody compares (no mirror waits): usage, finish and failures only.
+fn observer_outcome(c: &mut Criterion) {
+    let mut group = c.benchmark_group("observer_outcome");
+    configure(&mut group);
+    for stream in streams() {
+        group.throughput(Throughput::Bytes(stream.whole.len() as u64));
+        let full = {
+            let mut observer = Observer::new(stream.shape, true, OBSERVE_MAX_BYTES);
+            observer.feed(&stream.whole);
+            observer.finish(200, true)
+        };
+        for (cut, pieces) in &stream.cuts {
+            let observe = || {
+                let mut observer = Observer::usage_only(stream.shape, true, OBSERVE_MAX_BYTES);
+                for piece in pieces {
+                    observer.feed(black_box(piece));
+                }
+                observer.finish(200, true)
+            };
+            let seen = observe();
+            assert!(
+                seen.failure.is_none()
+                    && seen.usage == full.usage
+                    && seen.usage.completion_tokens.is_some(),
+                "{}: {seen:?}",
+                stream.name
+            );
+            group.bench_function(format!("{}/{cut}", stream.name), |b| b.iter(observe));
+        }
+    }
+    group.finish();
+}
+
+/// What the relay does to each piece of an unmirrored stream: observe it for its outcome and
+/// put the client's `model` back.
+fn relay_per_event(c: &mut Criterion) {
+    let mut group = c.benchmark_group("relay_per_event");
+    configure(&mut group);
+    for stream in streams() {
+        group.throughput(Throughput::Bytes(stream.whole.len() as u64));
+        for (cut, pieces) in &stream.cuts {
+            let relay = || {
+                let mut observer = Observer::usage_only(stream.shape, true, OBSERVE_MAX_BYTES);
+                let mut rewriter = ModelRewriter::new("support-bot", true);
+                let mut sent = 0;
+                for piece in pieces {
+                    observer.feed(black_box(piece));
+                    sent += rewriter.push(piece.clone()).map_or(0, |b| b.len());
+                }
+                sent += rewriter.finish().map_or(0, |b| b.len());
+                (observer.finish(200, true), sent)
+            };
+            let (seen, sent) = relay();
+            assert!(
+                seen.failure.is_none() && sent > 0,
+                "{}: {seen:?}",
+                stream.name
+            );
+            group.bench_function(format!("{}/{cut}", stream.name), |b| b.iter(relay));
+        }
+    }
+    group.finish();
+}
+
 /// A chat request of at least `bytes` bytes: a system message, then user and assistant turns.
 fn chat_request(bytes: usize) -> Vec<u8> {
     let turn = |i: usize| {
@@ -394,6 +458,8 @@ criterion_group!(
     benches,
     sse_reader,
     observer,
+    observer_outcome,
+    relay_per_event,
     request_rewrite,
     model_rewriter
 );

@@ -25,6 +25,12 @@ with one short SSE stream, all of it at once: its events and bytes are printed):
               p50/p99, direct vs proxies.
   paced       open loop at a fixed, moderate rate (--rate): the proxy's added time to first
               byte, p50 and p99 (proxy minus direct). This is the gate, see below.
+  tokens      paced streams: the upstream spaces its events --token-ms (20) ms apart, as a model
+              streams tokens (`x-sim-chunk-delay-ms`), --token-streams streams per target and
+              round over --token-conc connections; the client times each read of the body, and
+              the gaps between reads are the inter-token latency, p50/p99, and the proxy's added
+              p50/p99 over direct (beside nginx's). A proxy that held an event back for the next
+              one would add a whole --token-ms to a gap.
   shadow      the streaming phase through a route in shadow at share 0.1 (every mirror
               admitted: max_rps and max_inflight are raised) vs the same proxy's route
               without a candidate: mirroring must not change the client's figures.
@@ -37,7 +43,8 @@ with one short SSE stream, all of it at once: its events and bytes are printed):
 
 Columns: requests answered, failed, requests/s, time to first byte and total time (p50, p99,
 ms), and "cpu us": CPU time (user + system, from /proc/PID/stat) of the process answering the
-client per request: the mock for direct, the proxy alone for nginx and Understudy.
+client per request: the mock for direct, the proxy alone for nginx and Understudy. The CPU per
+stream of Understudy and nginx is printed again side by side under the table, with its ratio.
 
 The gate, and why it is measured paced: on a 2-core machine the client, the mock upstream and the
 proxy share the cores, so a closed loop at full speed measures queueing behind the other requests
@@ -219,10 +226,11 @@ http {{
     raise SystemExit("nginx did not start")
 
 
-def request_bytes(model, latency_ms=None):
+def request_bytes(model, latency_ms=None, token_ms=None):
     body = json.dumps({"model": model, "stream": True, "stream_options": {"include_usage": True},
                        "messages": [{"role": "user", "content": QUESTION}]}).encode()
     extra = f"x-sim-latency-ms: {latency_ms}\r\n" if latency_ms else ""
+    extra += f"x-sim-chunk-delay-ms: {token_ms}\r\n" if token_ms else ""
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"authorization: Bearer sk-bench\r\n{extra}content-length: {len(body)}\r\n\r\n")
     return head.encode() + body
@@ -235,6 +243,7 @@ class Conn:
         self.host, port = addr.rsplit(":", 1)
         self.port = int(port)
         self.reader = self.writer = None
+        self.reads = None  # when timing reads (the tokens phase): the time of each read
 
     async def open(self):
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
@@ -248,6 +257,8 @@ class Conn:
         chunk = await self.reader.read(65536)
         if not chunk:
             raise ConnectionError("connection closed mid-response")
+        if self.reads is not None:
+            self.reads.append(time.perf_counter())
         buf += chunk
 
     async def request(self, payload):
@@ -293,6 +304,7 @@ class Conn:
 class Result:
     def __init__(self):
         self.ttfb, self.total, self.errors, self.body, self.secs, self.cpu = [], [], 0, 0, 0.0, 0.0
+        self.gaps = []  # tokens phase: seconds between successive reads of a body
         self.round_p99 = []  # p99 time to first byte of each round, ms
 
     def add(self, other):
@@ -302,6 +314,7 @@ class Result:
         self.body = other.body or self.body
         self.secs += other.secs
         self.cpu += other.cpu
+        self.gaps += other.gaps
         self.round_p99.append(pct(other.ttfb, 99))
 
     @property
@@ -344,15 +357,20 @@ def pct(xs, p):
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))] * 1e3
 
 
-async def worker(conn, payload, jobs, res, pace=None):
-    """Takes request numbers from `jobs` (a shared iterator); `pace(n)` is the send time of n."""
+async def worker(conn, payload, jobs, res, pace=None, gaps=False):
+    """Takes request numbers from `jobs` (a shared iterator); `pace(n)` is the send time of n.
+    `gaps`: also keep the time between successive reads of each body (the head's read excluded)."""
     for n in jobs:
         if pace:
             delay = pace(n) - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+        if gaps:
+            conn.reads = []
         try:
             status, ttfb, total, body = await conn.request(payload)
+            if gaps:
+                res.gaps += [b - a for a, b in zip(conn.reads[1:], conn.reads[2:])]
         except (OSError, ConnectionError, ValueError, IndexError):
             res.errors += 1
             conn.close()
@@ -366,7 +384,7 @@ async def worker(conn, payload, jobs, res, pace=None):
         res.body = body
 
 
-async def run(addr, payload, requests, conc, rate=None):
+async def run(addr, payload, requests, conc, rate=None, gaps=False):
     """`requests` requests over `conc` keep-alive connections, closed loop or paced at `rate`/s."""
     conns = [Conn(addr) for _ in range(conc)]
     await asyncio.gather(*(c.open() for c in conns))
@@ -375,21 +393,21 @@ async def run(addr, payload, requests, conc, rate=None):
     start = time.perf_counter() + 0.01
     pace = (lambda n: start + n / rate) if rate else None
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(c, payload, jobs, res, pace) for c in conns))
+    await asyncio.gather(*(worker(c, payload, jobs, res, pace, gaps) for c in conns))
     res.secs = time.perf_counter() - t0
     for c in conns:
         c.close()
     return res
 
 
-async def compare(targets, requests, conc, rounds, rate=None):
+async def compare(targets, requests, conc, rounds, rate=None, gaps=False):
     """Runs each (name, addr, payload, pid) in turn, `rounds` times interleaved; results by name.
     The CPU time of `pid` (the process answering the client) is charged to the target."""
     out = {t[0]: Result() for t in targets}
     for _ in range(rounds):
         for name, addr, payload, pid in targets:
             cpu = cpu_secs(pid)
-            res = await run(addr, payload, requests, conc, rate)
+            res = await run(addr, payload, requests, conc, rate, gaps)
             res.cpu = cpu_secs(pid) - cpu
             out[name].add(res)
     return out
@@ -433,6 +451,11 @@ async def hold(addr, pid, n, hold_ms):
     results = await asyncio.gather(*tasks)
     ok = sum(1 for r in results if r and r[0] == 200)
     return peak, ok, time.perf_counter() - t0
+
+
+def payload_model(payload):
+    """The model a request payload names."""
+    return json.loads(payload.split(b"\r\n\r\n", 1)[1])["model"]
 
 
 def sample_stream(addr):
@@ -491,6 +514,11 @@ async def main_async(a, mock, proxy, admin, pid, token, nginx, pids):
 
     stream = await compare([direct, *peers, routed], a.requests, a.conc, a.rounds)
     paced = await compare([direct, *peers, routed], a.paced_requests, a.conc, a.rounds, rate=a.rate)
+    tokens = None
+    if a.token_streams:
+        slow = [(name, addr, request_bytes(payload_model(payload), token_ms=a.token_ms), pid)
+                for name, addr, payload, pid in [direct, *peers, routed]]
+        tokens = await compare(slow, a.token_streams, a.token_conc, a.rounds, gaps=True)
     shadow = None
     if not a.no_shadow:
         shadow = await compare([routed, mirrored], a.requests, a.conc, a.rounds)
@@ -515,6 +543,22 @@ async def main_async(a, mock, proxy, admin, pid, token, nginx, pids):
         row(label, name, paced[name])
     for name in names[1:]:
         added_row(label, paced[name], paced["direct"], f"{name} added")
+    if "nginx" in names:
+        u, n = stream["understudy"].cpu_us, stream["nginx"].cpu_us
+        print(f"{'':<24} cpu per stream (streaming phase): understudy {u:.0f} us, nginx {n:.0f} us, "
+              f"understudy/nginx {u / n if n else float('nan'):.2f}")
+    if tokens:
+        print(f"\ninter-token latency: events {a.token_ms} ms apart, {a.token_streams} streams x {a.rounds} rounds "
+              f"per target over {a.token_conc} connections; gaps between reads of the body, ms")
+        print(" ".join([f"{'target':<17}", f"{'gaps':>7}", f"{'p50':>8}", f"{'p99':>8}", f"{'added p50':>10}",
+                        f"{'added p99':>10}", f"{'cpu us':>7}"]))
+        d = tokens["direct"]
+        for name in names:
+            r = tokens[name]
+            added = ([f"{pct(r.gaps, p) - pct(d.gaps, p):>+10.3f}" for p in (50, 99)] if name != "direct"
+                     else [f"{'':>10}", f"{'':>10}"])
+            print(" ".join([f"{name:<17}", f"{len(r.gaps):>7}", f"{pct(r.gaps, 50):>8.3f}", f"{pct(r.gaps, 99):>8.3f}"]
+                           + added + [f"{r.cpu_us:>7.0f}"]))
     if shadow:
         label = f"shadow 0.1, {a.conc} conns"
         row(label, "understudy", shadow["understudy"])
@@ -532,7 +576,8 @@ async def main_async(a, mock, proxy, admin, pid, token, nginx, pids):
     # Each target's best round: noise (other tenants, the client's own pauses) only ever slows.
     best = {name: min(r.round_p99) for name, r in paced.items()}
     added_p99 = best["understudy"] - best["direct"]
-    errors = sum(r.errors for rs in (stream, paced, shadow or {}) for r in rs.values()) + (a.hold - held_ok)
+    errors = sum(r.errors for rs in (stream, paced, shadow or {}, tokens or {}) for r in rs.values()) \
+        + (a.hold - held_ok)
     peer = f", nginx adds {best['nginx'] - best['direct']:.3f} ms" if "nginx" in best else ""
     print(f"\ngate: added p99 time to first byte {added_p99:.3f} ms at {a.rate} req/s (best of {a.rounds} rounds: "
           f"direct {best['direct']:.3f} ms, understudy {best['understudy']:.3f} ms{peer}); "
@@ -558,6 +603,10 @@ def main():
     ap.add_argument("--rate", type=int, default=300, help="requests/s of the paced phase (default 300)")
     ap.add_argument("--paced-requests", type=int, default=1200,
                     help="requests per target per round, paced phase (default 1200)")
+    ap.add_argument("--token-ms", type=int, default=20, help="tokens phase: ms between events (default 20)")
+    ap.add_argument("--token-streams", type=int, default=150,
+                    help="tokens phase: streams per target per round, 0 skips it (default 150)")
+    ap.add_argument("--token-conc", type=int, default=30, help="tokens phase: connections (default 30)")
     ap.add_argument("--hold", type=int, default=1000, help="requests held in flight for the memory figure (default 1000)")
     ap.add_argument("--hold-ms", type=int, default=3000, help="upstream delay holding them, ms (default 3000)")
     ap.add_argument("--target-ms", type=float, default=0.5, help="gate on the added p99 time to first byte (default 0.5)")

@@ -39,7 +39,10 @@ mod state;
 mod telemetry;
 mod upstream;
 
-pub use cli::{admin_command, check_config, serve, AdminCall};
+pub use cli::{
+    admin_command, check_config, drill_command, export_command, replay_command, serve, AdminCall,
+    Pick, ReplayArgs,
+};
 #[cfg(feature = "sim")]
 pub use cli::{demo, mock_upstream};
 pub use config::{ApiFlavor, Config};
@@ -54,8 +57,8 @@ pub use telemetry::{current_trace_id, TraceIdJson};
 pub mod store {
     pub use crate::control::{
         EventRecord, Fleet, FleetSignal, IndexRecord, JudgeInput, JudgeSample, Loaded, PgStore,
-        ReleaseRecord, Replica, RouteRecord, SampleList, SqliteStore, Store, StoreError,
-        Transition,
+        ReleaseRecord, Replica, RolloutRecord, RouteRecord, SampleList, SqliteStore, Store,
+        StoreError, Transition,
     };
     pub use crate::domain::{EventKind, Phase};
 }

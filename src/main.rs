@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use understudy::{admin_command, check_config, serve, AdminCall};
+use understudy::{
+    admin_command, check_config, drill_command, export_command, replay_command, serve, AdminCall,
+    Pick, ReplayArgs,
+};
 
 /// mimalloc: glibc's malloc/free was 8 % of the proxy's CPU under load (benches/README.md).
 #[global_allocator]
@@ -72,6 +75,58 @@ enum Cmd {
     Finalize { route: String },
     /// Embedding routes: mark a vector index dropped (rolling back onto it is then refused).
     DropIndex { route: String, index: String },
+    /// Pause, resume or skip a step of a route's automatic rollout.
+    Rollout {
+        route: String,
+        #[arg(value_parser = ["pause", "resume", "skip"])]
+        action: String,
+    },
+    /// Captured pairs as JSON Lines on stdout (request messages, stable's answer as the
+    /// reference, the candidate's answer, scores, release numbers).
+    Export {
+        route: String,
+        /// The N lowest-scored pairs (the default, N = 200).
+        #[arg(long, value_name = "N", conflicts_with = "random")]
+        worst: Option<usize>,
+        /// N pairs drawn uniformly from every pair scored.
+        #[arg(long, value_name = "N")]
+        random: Option<usize>,
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+    /// Score a release on saved cases; exit 1 if the judge would roll it back.
+    Replay {
+        route: String,
+        /// JSON Lines: `understudy export` output, or one API request per line.
+        #[arg(long)]
+        cases: PathBuf,
+        /// The release to test (default: the route's candidate).
+        #[arg(long)]
+        release: Option<u32>,
+        /// Cases in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Replay at most this many cases (the first ones of the file).
+        #[arg(long)]
+        max_cases: Option<usize>,
+        /// Stop starting cases once this many tokens were spent (all three answers counted).
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Timed rollback drill on a running server: roll back, probe, restore the candidate.
+    Drill {
+        route: String,
+        /// The proxy listener the probe request goes through.
+        #[arg(
+            long,
+            env = "UNDERSTUDY_PROXY_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        proxy_url: String,
+    },
     /// A simulated LLM upstream (OpenAI and Anthropic shapes), for tests and benchmarks.
     #[cfg(feature = "sim")]
     #[command(hide = true)]
@@ -116,5 +171,36 @@ fn main() -> ExitCode {
         }
         Cmd::Finalize { route } => admin_command(AdminCall::Finalize { route }),
         Cmd::DropIndex { route, index } => admin_command(AdminCall::DropIndex { route, index }),
+        Cmd::Rollout { route, action } => admin_command(AdminCall::Rollout { route, action }),
+        Cmd::Export {
+            route,
+            worst,
+            random,
+            format,
+        } => {
+            let pick = match random {
+                Some(n) => Pick::Random(n),
+                None => Pick::Worst(worst.unwrap_or(200)),
+            };
+            export_command(&route, pick, &format)
+        }
+        Cmd::Replay {
+            route,
+            cases,
+            release,
+            concurrency,
+            max_cases,
+            max_tokens,
+            report,
+        } => replay_command(&ReplayArgs {
+            route,
+            cases,
+            release,
+            concurrency,
+            max_cases,
+            max_tokens,
+            report,
+        }),
+        Cmd::Drill { route, proxy_url } => drill_command(&route, &proxy_url),
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{Phase, Prices, Trigger};
+use crate::domain::{Phase, Prices, RolloutWait, Trigger};
 
 mod indexes;
 
@@ -66,6 +66,8 @@ pub struct Metrics {
     pub requests_rejected: IntCounterVec,
     /// Embedding routes' vector indexes.
     pub indexes: IndexMetrics,
+    pub rollout_step: IntGaugeVec,
+    pub rollout_waiting: IntGaugeVec,
 }
 
 /// Why the proxy closed a client connection itself (`understudy_connections_closed_total{reason}`).
@@ -163,6 +165,8 @@ impl Metrics {
             fleet_state_lag: register(r, IntGauge::with_opts(Opts::new("understudy_fleet_state_lag", "State versions the shared store has that this replica does not serve yet (0 when current)."))?)?,
             proxy_connections: register(r, IntGauge::new("understudy_proxy_connections", "Client connections open on the proxy listener.")?)?,
             connections_closed: register(r, IntCounterVec::new(Opts::new("understudy_connections_closed_total", "Client connections the proxy closed itself, by reason (header_timeout, idle_timeout, over_capacity, shutdown)."), &["reason"])?)?,
+            rollout_step: register(r, IntGaugeVec::new(Opts::new("understudy_rollout_step", "The automatic rollout's current step, 1-based; 0 when no rollout runs (no candidate, finished or rolled back)."), &["route"])?)?,
+            rollout_waiting: register(r, IntGaugeVec::new(Opts::new("understudy_rollout_waiting", "1 for what the rollout's current step waits for first (ready, paused, duration, samples, noise_floor, quality, errors, store, done), 0 for the others."), &["route", "reason"])?)?,
             requests_rejected: register(r, IntCounterVec::new(Opts::new("understudy_requests_rejected_total", "Requests answered by the proxy itself before any upstream, by reason (overloaded: 503, body_timeout: 408)."), &["reason"])?)?,
             indexes: IndexMetrics::new(r)?,
             registry,
@@ -469,6 +473,28 @@ impl Metrics {
         }
     }
 
+    /// Where a route's rollout stands: its step (0: none runs) and what it waits for first
+    /// (None: nothing, or no rollout).
+    pub fn rollout_state(&self, route: &str, step: usize, waiting: Option<RolloutWait>) {
+        self.rollout_step
+            .with_label_values(&[route])
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
+        for w in RolloutWait::ALL {
+            self.rollout_waiting
+                .with_label_values(&[route, w.as_str()])
+                .set(i64::from(waiting == Some(*w)));
+        }
+    }
+
+    /// A rollout moved its candidate to the next step on its evidence: one info line and the
+    /// step gauge.
+    pub fn rollout_advanced(&self, route: &str, step: usize, evidence: &str) {
+        self.rollout_step
+            .with_label_values(&[route])
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
+        tracing::info!(route, step, evidence, "rollout advanced");
+    }
+
     /// A route no longer configured (a reload removed it): its gauges go, so no rule keeps
     /// judging it; its counters stay (they are history).
     pub fn route_removed(&self, route: &str) {
@@ -480,6 +506,12 @@ impl Metrics {
             let _ = self
                 .route_phase
                 .remove_label_values(&[route, phase.as_str()]);
+        }
+        let _ = self.rollout_step.remove_label_values(&[route]);
+        for w in RolloutWait::ALL {
+            let _ = self
+                .rollout_waiting
+                .remove_label_values(&[route, w.as_str()]);
         }
     }
 

@@ -4,7 +4,8 @@
 //! spread over the three is rolled back once, as soon as the fleet holds `min_samples`; the
 //! leader killed with SIGKILL while judging: another takes over, still exactly one rollback),
 //! Alertmanager's duplicates to two replicas roll back once, and a database outage: serving
-//! never stops, a rollback made meanwhile reaches every replica once the database is back.
+//! never stops, a rollback made meanwhile reaches every replica once the database is back. An
+//! automatic rollout advances once for the fleet (by the leader) and every replica shows its step.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test code
 
 mod support;
@@ -506,4 +507,77 @@ async fn duplicate_alerts_roll_back_once_and_an_outage_stops_no_replica() {
         assert_eq!(events.len(), 2, "{} {events:?}", r.name);
         assert_eq!(events[1]["reason"], "during the outage");
     }
+}
+
+/// Waits until `done` holds for what `r` shows of the route, or fails after `within`.
+async fn shows(r: &Replica, within: Duration, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = get(r, "/admin/routes/bot").await;
+        if done(&v) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: timed out waiting for {what}: {:#}",
+            r.admin,
+            v["rollout"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_walks_once_for_the_fleet_and_every_replica_shows_its_step() {
+    let rollback = r#"window = 40
+min_samples = 10
+threshold = 0.5
+[routes.bot.rollout]
+steps = [
+  { phase = "shadow", share = 1.0, min_samples = 10 },
+  { phase = "canary", share = 0.5, min_duration = "1h" },
+]"#;
+    let f = fleet("shadow", 0.05, rollback, Style::Benign).await;
+    let wait = Duration::from_secs(5);
+    // Started together, each replica planned the rollout's start: it starts once.
+    for r in &f.replicas {
+        shows(r, wait, "step 1", |v| v["rollout"]["step"] == 1).await;
+    }
+    // Traffic through all three: the leader alone advances on the fleet's evidence, and every
+    // replica shows the step and serves its phase.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    loop {
+        let v = get(&f.replicas[i % 3], "/admin/routes/bot").await;
+        if v["rollout"]["step"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no step 2: {:#}", v["rollout"]);
+        for _ in 0..12 {
+            let (status, _) = chat(&f.replicas[i % 3], i).await;
+            assert_eq!(status, 200);
+            i += 1;
+        }
+    }
+    for r in &f.replicas {
+        shows(r, wait, "step 2, canary", |v| {
+            v["rollout"]["step"] == 2 && v["phase"] == "canary"
+        })
+        .await;
+    }
+    let detail = get(&f.replicas[0], "/admin/routes/bot").await;
+    let steps: Vec<&Value> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rollout_step")
+        .collect();
+    assert_eq!(steps.len(), 2, "started once, advanced once: {steps:#?}");
+    // A pause through one replica (a change of the rollout alone) reaches the others.
+    let (s, v) = admin(&f.replicas[1], "rollout", json!({"action": "pause"})).await;
+    assert_eq!(s, 200, "{v}");
+    for r in [&f.replicas[0], &f.replicas[2]] {
+        shows(r, wait, "paused", |v| v["rollout"]["state"] == "paused").await;
+    }
+    let _ = &f.cluster;
 }

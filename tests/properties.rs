@@ -116,6 +116,97 @@ fn chat_stream(deltas: &[String]) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// A stream of `shape`'s API with these text deltas, its model named `real-model-2024`, with its
+/// usage and finish, as each API sends them.
+fn api_stream(shape: ApiShape, deltas: &[String]) -> Vec<u8> {
+    let model = "real-model-2024";
+    let event = |name: Option<&str>, data: Value| match name {
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    };
+    let mut s = String::new();
+    match shape {
+        ApiShape::ChatCompletions | ApiShape::Completions => {
+            let text_chunk = |d: &str| match shape {
+                ApiShape::Completions => {
+                    json!({"id": "c", "object": "text_completion", "model": model,
+                    "choices": [{"index": 0, "text": d, "finish_reason": null}], "usage": null})
+                }
+                _ => json!({"id": "c", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": d}, "finish_reason": null}], "usage": null}),
+            };
+            for d in deltas {
+                s.push_str(&event(None, text_chunk(d)));
+            }
+            let mut last = text_chunk("");
+            last["choices"][0]["finish_reason"] = json!("stop");
+            s.push_str(&event(None, last));
+            s.push_str(&event(
+                None,
+                json!({"id": "c", "model": model, "choices": [],
+                "usage": {"prompt_tokens": 12, "completion_tokens": deltas.len()}}),
+            ));
+            s.push_str("data: [DONE]\n\n");
+        }
+        ApiShape::Messages => {
+            s.push_str(&event(
+                Some("message_start"),
+                json!({"type": "message_start", "message":
+                {"id": "m", "type": "message", "role": "assistant", "model": model, "content": [],
+                 "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+            ));
+            s.push_str(&event(
+                Some("content_block_start"),
+                json!({"type": "content_block_start",
+                "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            s.push_str(&event(Some("ping"), json!({"type": "ping"})));
+            for d in deltas {
+                s.push_str(&event(
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta",
+                    "index": 0, "delta": {"type": "text_delta", "text": d}}),
+                ));
+            }
+            s.push_str(&event(
+                Some("content_block_stop"),
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
+            s.push_str(&event(
+                Some("message_delta"),
+                json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": deltas.len()}}),
+            ));
+            s.push_str(&event(
+                Some("message_stop"),
+                json!({"type": "message_stop"}),
+            ));
+        }
+        ApiShape::Responses => {
+            s.push_str(&event(
+                Some("response.created"),
+                json!({"type": "response.created",
+                "response": {"id": "r", "status": "in_progress", "model": model, "output": []}}),
+            ));
+            for d in deltas {
+                s.push_str(&event(
+                    Some("response.output_text.delta"),
+                    json!({"type":
+                    "response.output_text.delta", "output_index": 0, "delta": d}),
+                ));
+            }
+            s.push_str(&event(
+                Some("response.completed"),
+                json!({"type": "response.completed",
+                "response": {"id": "r", "status": "completed", "model": model, "output": [],
+                "usage": {"input_tokens": 12, "output_tokens": deltas.len()}}}),
+            ));
+        }
+        ApiShape::Embeddings => unreachable!("embeddings do not stream: not in SHAPES"),
+    }
+    s.into_bytes()
+}
+
 /// The top-level keys of a JSON object in the order written, repeats included.
 fn top_level_keys(bytes: &[u8]) -> Vec<String> {
     struct Keys;
@@ -261,6 +352,46 @@ proptest! {
         }
         let expected = String::from_utf8(upstream).unwrap().replace("\"model\":\"real-model-2024\"", "\"model\":\"support-bot\"");
         prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    /// A stream of any of the four APIs, cut anywhere, reaches the client as the upstream's
+    /// bytes with only the `model` value changed, and is observed as the uncut stream is: the
+    /// whole answer (a mirror waits) and the outcome only (usage, finish, failures) alike.
+    #[test]
+    fn streams_cut_anywhere_are_relayed_and_observed_the_same(deltas in prop::collection::vec("[ -~é\n]{0,40}", 0..12), cuts in prop::collection::vec(any::<usize>(), 0..24), shape_i in 0..4usize, crlf in any::<bool>()) {
+        let shape = SHAPES[shape_i];
+        let mut upstream = api_stream(shape, &deltas);
+        if crlf {
+            upstream = String::from_utf8(upstream).unwrap().replace('\n', "\r\n").into_bytes();
+        }
+        let relay = |pieces: &[Bytes]| {
+            let mut rewriter = ModelRewriter::new("support-bot", true);
+            let mut full = Observer::new(shape, true, 1 << 20);
+            let mut outcome = Observer::usage_only(shape, true, 1 << 20);
+            let mut out = Vec::new();
+            for p in pieces {
+                full.feed(p);
+                outcome.feed(p);
+                if let Some(b) = rewriter.push(p.clone()) {
+                    out.extend_from_slice(&b);
+                }
+            }
+            if let Some(b) = rewriter.finish() {
+                out.extend_from_slice(&b);
+            }
+            (out, full.finish(200, true), outcome.finish(200, true))
+        };
+        let whole = relay(&[Bytes::from(upstream.clone())]);
+        let cut = relay(&chunks(&upstream, &cuts));
+        let expected = String::from_utf8(upstream).unwrap().replace("\"model\":\"real-model-2024\"", "\"model\":\"support-bot\"");
+        prop_assert_eq!(String::from_utf8(cut.0).unwrap(), expected);
+        prop_assert_eq!(&cut.1, &whole.1);
+        prop_assert_eq!(&cut.2, &whole.2);
+        prop_assert_eq!(whole.1.failure, None);
+        prop_assert_eq!(whole.1.text, deltas.concat());
+        prop_assert_eq!(whole.2.failure, None);
+        prop_assert_eq!(whole.2.usage, whole.1.usage);
+        prop_assert!(whole.2.usage.completion_tokens.is_some());
     }
 
     /// The config checker: any mutation of the example file is parsed or refused with problems

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use support::pg::{Cluster, PASSWORD};
 use understudy::store::{
     EventKind, EventRecord, Fleet, IndexRecord, JudgeInput, JudgeSample, PgStore, Phase,
-    ReleaseRecord, Replica, RouteRecord, Store, StoreError, Transition,
+    ReleaseRecord, Replica, RolloutRecord, RouteRecord, Store, StoreError, Transition,
 };
 
 fn open(url: &str, id: &str) -> PgStore {
@@ -147,6 +147,49 @@ fn replicas_share_one_state_and_one_judge() {
     b.commit(&share(0.5, 22)).unwrap();
     assert_eq!(a.reload().unwrap().routes, vec![route(1, Some(2), 0.5, 22)]);
     assert_eq!(a.events("bot", 10).unwrap().len(), 3);
+
+    // The rollout row: written with the route's change, read back by the other replica. A change
+    // of the rollout alone (a pause) is a change of the route's state too: conditional on the
+    // revision read, so B's pause computed before A's step is refused until B reads again.
+    let rollout = |step: u32, paused: Option<i64>, at: i64| RolloutRecord {
+        route: "bot".into(),
+        candidate: 2,
+        step,
+        step_since_ms: at,
+        paused_at_ms: paused,
+        updated_at_ms: at,
+    };
+    b.reload().unwrap();
+    a.commit(&Transition {
+        route: Some(route(1, Some(2), 0.7, 30)),
+        rollout: Some(rollout(1, None, 30)),
+        events: vec![event(EventKind::RolloutStep, 30)],
+        ..Transition::default()
+    })
+    .unwrap();
+    let pause = |at: i64| Transition {
+        rollout: Some(rollout(1, Some(at), 30)),
+        events: vec![event(EventKind::RolloutPaused, at)],
+        ..Transition::default()
+    };
+    assert!(matches!(b.commit(&pause(31)), Err(StoreError::Stale(_))));
+    assert_eq!(b.reload().unwrap().rollouts, vec![rollout(1, None, 30)]);
+    b.commit(&pause(32)).unwrap();
+    let loaded = a.reload().unwrap();
+    assert_eq!(loaded.rollouts, vec![rollout(1, Some(32), 30)]);
+    assert_eq!(loaded.routes, vec![route(1, Some(2), 0.7, 30)]);
+    // Its candidate must be a release of the route: nothing of the change is written.
+    let unknown = Transition {
+        rollout: Some(RolloutRecord {
+            candidate: 9,
+            ..rollout(0, None, 40)
+        }),
+        events: vec![event(EventKind::RolloutStep, 40)],
+        ..Transition::default()
+    };
+    assert!(matches!(a.commit(&unknown), Err(StoreError::Postgres(_))));
+    assert_eq!(a.reload().unwrap().rollouts, vec![rollout(1, Some(32), 30)]);
+    assert_eq!(a.events("bot", 10).unwrap().len(), 5);
 
     // One leader; when its store goes, another takes the lock.
     let leaders = |stores: &[PgStore]| stores.iter().filter(|s| s.signal().borrow().leader).count();

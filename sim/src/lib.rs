@@ -6,7 +6,8 @@
 //! Answers come from small built-in corpora picked by a hash of the last user message, so two
 //! models with the same [`Style`] answer a request identically. A model's [`Behavior`] can be
 //! overridden per request with the headers `x-sim-fault` (`500`, `429`, any 4xx/5xx, `reset`,
-//! `hang`, `stall`, `broken-sse`) and `x-sim-latency-ms`.
+//! `hang`, `stall`, `broken-sse`), `x-sim-latency-ms` and `x-sim-chunk-delay-ms` (the time between
+//! streamed events, as a model spaces its tokens).
 //!
 //! For semantic scoring: `POST /v1/embeddings` answers [`embed`] vectors (similar meaning,
 //! similar vectors), the styles [`Style::Paraphrase`], [`Style::Pirate`] and
@@ -536,7 +537,8 @@ async fn simulate(request: &Exchange<'_>, prompt: &Prompt) -> Result<Response<Si
         }
         _ => Ending::Clean,
     };
-    let body = SimBody::stream(events, behavior.chunk_delay, ending, cancel);
+    let delay = header_millis(headers, "x-sim-chunk-delay-ms").unwrap_or(behavior.chunk_delay);
+    let body = SimBody::stream(events, delay, ending, cancel);
     Ok(respond(StatusCode::OK, SSE_TYPE, body))
 }
 
@@ -577,12 +579,12 @@ fn parse_fault(value: &str) -> Option<Fault> {
 }
 
 fn header_latency(headers: &HeaderMap) -> Option<Duration> {
-    let millis = headers
-        .get("x-sim-latency-ms")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse();
+    header_millis(headers, "x-sim-latency-ms")
+}
+
+/// A header holding a whole number of milliseconds.
+fn header_millis(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    let millis = headers.get(name)?.to_str().ok()?.trim().parse();
     millis.ok().map(Duration::from_millis)
 }
 

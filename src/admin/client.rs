@@ -21,8 +21,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ClientError {
     #[error("bad admin URL {base:?}: {reason}")]
     BadUrl { base: String, reason: String },
-    #[error("admin API at {base} did not answer within 30 s")]
-    Timeout { base: String },
+    #[error("admin API at {base} did not answer within {secs} s")]
+    Timeout { base: String, secs: u64 },
     #[error("cannot reach the admin API at {base}: {reason} (set UNDERSTUDY_ADMIN_URL)")]
     Unreachable { base: String, reason: String },
     #[error("reading the admin API's answer: {0}")]
@@ -37,6 +37,8 @@ pub enum ClientError {
 pub struct AdminClient {
     base: String,
     token: Option<String>,
+    /// How long one call may take.
+    timeout: Duration,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
@@ -51,8 +53,30 @@ impl AdminClient {
         AdminClient {
             base: base.trim_end_matches('/').to_owned(),
             token: token.map(str::to_owned),
+            timeout: CALL_TIMEOUT,
             client: Client::builder(TokioExecutor::new()).build(https),
         }
+    }
+
+    /// The same client, with calls allowed `timeout` (a replayed case waits on the upstreams).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `GET /admin/routes/{route}/samples?order=ORDER&limit=N`.
+    pub async fn samples(
+        &self,
+        route: &str,
+        order: &str,
+        limit: usize,
+    ) -> Result<Value, ClientError> {
+        let path = format!(
+            "/admin/routes/{}/samples?order={}&limit={limit}",
+            percent_encode(route),
+            percent_encode(order)
+        );
+        self.call(Method::GET, &path, None).await
     }
 
     /// `GET /admin/routes`.
@@ -104,9 +128,12 @@ impl AdminClient {
                 base: base.clone(),
                 reason: e.to_string(),
             })?;
-        let resp = tokio::time::timeout(CALL_TIMEOUT, self.client.request(req))
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
-            .map_err(|_| ClientError::Timeout { base: base.clone() })?
+            .map_err(|_| ClientError::Timeout {
+                base: base.clone(),
+                secs: self.timeout.as_secs(),
+            })?
             .map_err(|e| ClientError::Unreachable {
                 base: base.clone(),
                 reason: e.to_string(),

@@ -30,8 +30,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::{
-    AlertEffect, Change, ChangeError, Command, Refused, ReloadRequest, RouteView, SampleOrder,
-    StoreStatus,
+    AlertEffect, Change, ChangeError, Command, Refused, ReloadRequest, RolloutAction, RouteView,
+    SampleOrder, StoreStatus,
 };
 use crate::domain::{
     cut, full, index_name_problem, share_problem, Body, Phase, Prices, ReleaseSpec, Trigger,
@@ -45,8 +45,11 @@ mod alertmanager;
 mod client;
 mod listing;
 mod reload;
+mod replay;
+mod ui;
 
-pub use client::AdminClient;
+pub use client::{AdminClient, ClientError};
+pub use replay::Replayer;
 
 /// Largest admin request body; a larger one is answered 413.
 const MAX_ADMIN_BODY: usize = 1 << 20;
@@ -64,6 +67,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// Listings answered at once, each until its body is sent: bounds what slow readers hold.
     pub listings: Listings,
+    /// Runs `POST .../replay` cases through the upstreams.
+    pub replayer: Replayer,
     /// Reload requests for the server's reloader; None when not started from a file.
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
@@ -112,6 +117,10 @@ impl Admin {
             }
             (&Method::GET, ["healthz"]) => text_response(StatusCode::OK, "ok\n"),
             (&Method::GET, ["readyz"]) => self.readyz(),
+            (&Method::GET, ["ui"]) => ui::page(authorized),
+            (&Method::GET, ["ui", asset]) => ui::asset(asset).unwrap_or_else(|| {
+                error_response(StatusCode::NOT_FOUND, "not_found", "no such asset", None)
+            }),
             (&Method::GET, ["admin", "routes"]) => {
                 let (reply, rx) = oneshot::channel();
                 match self.ask(Command::Routes { reply }, rx).await {
@@ -165,6 +174,10 @@ impl Admin {
                     }
                 }
             }
+            (&Method::POST, ["admin", "routes", name, "replay"]) => match read_json(req).await {
+                Ok(body) => self.replay(name, body).await,
+                Err(e) => e.into_response(),
+            },
             (&Method::POST, ["admin", "routes", name, action]) => {
                 let name = name.to_string();
                 let action = action.to_string();
@@ -271,6 +284,35 @@ impl Admin {
                 };
                 error_response(status, code, &e.to_string(), None)
             }
+            None => unavailable(),
+        }
+    }
+
+    /// One replayed case: see `replay.rs`.
+    async fn replay(&self, name: &str, body: Value) -> Response<Body> {
+        let (case, shape) = match replay::CaseBody::parse(body) {
+            Ok(parsed) => parsed,
+            Err(e) => return e.into_response(),
+        };
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Release {
+            route: name.to_string(),
+            version: case.release,
+            reply,
+        };
+        match self.ask(cmd, rx).await {
+            Some(Some((route, release))) => {
+                self.replayer.run(route, release, shape, case.request).await
+            }
+            Some(None) => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &match case.release {
+                    Some(v) => format!("route {name:?} has no release #{v}"),
+                    None => format!("no route {name:?} with a candidate (name a release)"),
+                },
+                None,
+            ),
             None => unavailable(),
         }
     }
@@ -401,6 +443,13 @@ struct RollbackBody {
     reason: Option<String>,
 }
 
+/// `POST /admin/routes/{route}/rollout`: `{"action": "pause" | "resume" | "skip"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    action: RolloutAction,
+}
+
 /// A refused admin request, before it reaches the controller.
 #[derive(Debug, thiserror::Error)]
 enum ApiError {
@@ -488,6 +537,11 @@ fn parse_change(action: &str, body: Value) -> Result<Change, ApiError> {
             })
         }
         "finalize" => Ok(Change::Finalize),
+        "rollout" => {
+            let b: RolloutBody = serde_json::from_value(body).map_err(invalid)?;
+            Ok(Change::Rollout(b.action))
+        }
+        "restore" => replay::restore_change(body),
         _ => Err(ApiError::NoEndpoint),
     }
 }

@@ -15,7 +15,13 @@ use crate::server::{run_reloading, Listeners, ReloadFrom};
 
 #[cfg(feature = "sim")]
 mod demo;
+mod drill;
+mod export;
 mod indexes;
+mod replay;
+
+pub use export::Pick;
+pub use replay::ReplayArgs;
 mod logging;
 
 use indexes::index_notes;
@@ -180,6 +186,63 @@ pub fn mock_upstream(
     exit_code(result)
 }
 
+/// The admin API client of `UNDERSTUDY_ADMIN_URL` and `UNDERSTUDY_ADMIN_TOKEN`.
+fn admin_client() -> AdminClient {
+    let base =
+        std::env::var("UNDERSTUDY_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
+    let token = std::env::var("UNDERSTUDY_ADMIN_TOKEN").ok();
+    AdminClient::new(&base, token.as_deref())
+}
+
+/// `understudy export ROUTE`: the route's captured pairs as JSON Lines on stdout.
+pub fn export_command(route: &str, pick: Pick, format: &str) -> ExitCode {
+    if let Some(problem) = route_name_problem(route) {
+        return exit_code(Err(problem));
+    }
+    if format != "jsonl" {
+        return exit_code(Err(format!("--format must be jsonl, not {format:?}")));
+    }
+    let result = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(async { export::export(&admin_client(), route, pick).await }));
+    exit_code(result.map(|lines| {
+        for line in lines {
+            say(&line);
+        }
+    }))
+}
+
+/// `understudy replay ROUTE --cases FILE`: see `replay.rs` for the exit codes.
+pub fn replay_command(args: &ReplayArgs) -> ExitCode {
+    if let Some(problem) = route_name_problem(&args.route) {
+        complain(&problem);
+        return ExitCode::from(2);
+    }
+    match runtime() {
+        Ok(rt) => {
+            let ending = rt.block_on(replay::replay(admin_client(), args, async {
+                let _ = tokio::signal::ctrl_c().await;
+            }));
+            ExitCode::from(ending.code())
+        }
+        Err(e) => {
+            complain(&e.to_string());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `understudy drill ROUTE`: see `drill.rs`.
+pub fn drill_command(route: &str, proxy_url: &str) -> ExitCode {
+    if let Some(problem) = route_name_problem(route) {
+        return exit_code(Err(problem));
+    }
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async { drill::drill(&admin_client(), route, proxy_url).await })
+    });
+    exit_code(result.map(|out| say(&out)))
+}
+
 /// An admin command of the command line.
 pub enum AdminCall {
     Status {
@@ -203,6 +266,11 @@ pub enum AdminCall {
     Finalize {
         route: String,
     },
+    /// `understudy rollout ROUTE pause|resume|skip`.
+    Rollout {
+        route: String,
+        action: String,
+    },
     /// Marks an embedding route's vector index dropped.
     DropIndex {
         route: String,
@@ -219,7 +287,8 @@ impl AdminCall {
             | AdminCall::Promote { route, .. }
             | AdminCall::Rollback { route, .. }
             | AdminCall::Finalize { route }
-            | AdminCall::DropIndex { route, .. } => Some(route),
+            | AdminCall::DropIndex { route, .. }
+            | AdminCall::Rollout { route, .. } => Some(route),
         }
     }
 
@@ -233,6 +302,13 @@ impl AdminCall {
             AdminCall::Promote {
                 share: Some(share), ..
             } => share_problem(*share).map(|p| format!("--share {p}")),
+            AdminCall::Rollout { action, .. }
+                if !["pause", "resume", "skip"].contains(&action.as_str()) =>
+            {
+                Some(format!(
+                    "rollout action must be pause, resume or skip, not {action:?}"
+                ))
+            }
             AdminCall::DropIndex { index, .. } => {
                 index_name_problem(index).map(|p| format!("index {p}"))
             }
@@ -290,6 +366,11 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
             client.change(route, "rollback", body).await
         }
         AdminCall::Finalize { route } => client.change(route, "finalize", json!({})).await,
+        AdminCall::Rollout { route, action } => {
+            client
+                .change(route, "rollout", json!({ "action": action }))
+                .await
+        }
         // Index names hold only characters that need no escaping in a path.
         AdminCall::DropIndex { route, index } => {
             let action = format!("indexes/{index}/drop");
@@ -304,6 +385,7 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
             } else {
                 let routes = v["routes"].as_array().map_or(&[][..], Vec::as_slice);
                 status_table(routes)
+                    + &rollout_notes(routes)
                     + &store_notes(routes)
                     + &index_notes(routes)
                     + &fleet_table(&v["fleet"])
@@ -313,9 +395,56 @@ async fn admin_call(base: &str, token: Option<&str>, call: AdminCall) -> Result<
         AdminCall::History { .. } => history_table(&v),
         _ => {
             let one = std::slice::from_ref(&v);
-            status_table(one) + &store_notes(one) + &index_notes(one)
+            status_table(one) + &rollout_notes(one) + &store_notes(one) + &index_notes(one)
         }
     })
+}
+
+/// Where each route's automatic rollout stands and what its step waits for:
+/// "support-bot: rollout step 2/5 (canary 0.05), running 4m 10s: waiting: 143/200 samples in
+/// this step; ...". Empty for routes without a rollout.
+fn rollout_notes(routes: &[Value]) -> String {
+    let mut out = String::new();
+    for r in routes {
+        let ro = &r["rollout"];
+        if ro.is_null() {
+            continue;
+        }
+        let name = r["name"].as_str().unwrap_or("");
+        let state = ro["state"].as_str().unwrap_or("");
+        let mut line = format!("\n{name}: rollout ");
+        if state == "idle" {
+            line.push_str("idle: the next published candidate starts at step 1");
+            out.push_str(&line);
+            continue;
+        }
+        line.push_str(&format!("step {}/{}", ro["step"], ro["steps"]));
+        if let (Some(phase), Some(share)) = (ro["phase"].as_str(), ro["share"].as_f64()) {
+            line.push_str(&format!(" ({phase} {share})"));
+        }
+        line.push_str(&format!(", {state}"));
+        if let Some(secs) = ro["step_elapsed_secs"].as_u64() {
+            let took = humantime::format_duration(std::time::Duration::from_secs(secs));
+            line.push_str(&format!(" {took} in the step"));
+        }
+        if let Some(n) = ro["step_samples"].as_u64() {
+            line.push_str(&format!(", {n} samples in the step"));
+        }
+        let waiting: Vec<&str> = ro["waiting"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !waiting.is_empty() {
+            line.push_str(": ");
+            line.push_str(&waiting.join("; "));
+        } else if state == "running" {
+            line.push_str(": ready, advancing");
+        }
+        out.push_str(&line);
+    }
+    out
 }
 
 /// A warning for each route whose store is failing, and for a change that is in effect but not

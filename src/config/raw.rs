@@ -76,6 +76,8 @@ pub struct Route {
     pub _checks: Option<IgnoredAny>,
     #[serde(rename = "rollback")]
     pub _rollback: Option<IgnoredAny>,
+    #[serde(rename = "rollout")]
+    pub _rollout: Option<IgnoredAny>,
 }
 
 #[derive(Default, Deserialize)]
@@ -172,4 +174,23 @@ pub struct Rollback {
     pub min_samples: Option<usize>,
     pub max_error_rate: Option<f64>,
     pub auto: Option<bool>,
+}
+
+/// `[routes.NAME.rollout]`; its steps are read one by one (`RolloutStep`).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    #[serde(rename = "steps")]
+    pub _steps: Option<IgnoredAny>,
+}
+
+/// One entry of `[routes.NAME.rollout] steps`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStep {
+    pub phase: Option<String>,
+    pub share: Option<f64>,
+    pub min_duration: Option<String>,
+    pub min_samples: Option<usize>,
+    pub finalize: Option<bool>,
 }

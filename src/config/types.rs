@@ -222,6 +222,36 @@ pub struct RouteConfig {
     /// `index_retention`, default 24 h: how long the vector index of a release that stopped
     /// serving stays a rollback target (embedding routes).
     pub index_retention: Duration,
+    /// `[routes.NAME.rollout]`: the steps the candidate walks by itself, when configured.
+    pub rollout: Option<RolloutConfig>,
+}
+
+/// `[routes.NAME.rollout]`: an automatic rollout. Validated: at least one step, phases never go
+/// backwards, `finalize` only last and only after a `promoted` step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// `steps`, in order.
+    pub steps: Vec<RolloutStep>,
+}
+
+/// One entry of `steps`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RolloutStep {
+    /// `{ phase, share, min_duration?, min_samples? }`: hold the candidate at `phase` and
+    /// `share` until the evidence says it is good.
+    Hold {
+        /// shadow, canary or promoted.
+        phase: Phase,
+        /// In [0, 1].
+        share: f64,
+        /// `min_duration` ("10m", "1h"), default 0: time spent in the step, pauses not counted.
+        min_duration: Duration,
+        /// `min_samples`: candidate samples scored during the step; default: the route's
+        /// `rollback.min_samples`.
+        min_samples: usize,
+    },
+    /// `{ finalize = true }`: the promoted candidate becomes stable.
+    Finalize,
 }
 
 /// The default of `index_retention`.

@@ -19,7 +19,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::lifecycle::{self, RouteHistory};
-use super::store::{FleetSignal, JudgeInput, JudgeSample, ReplicaRecord, Transition};
+use super::store::{
+    FleetSignal, JudgeInput, JudgeSample, ReplicaRecord, RolloutRecord, Transition,
+};
 use super::Controller;
 use crate::shadow::Sample;
 
@@ -145,6 +147,10 @@ impl Controller {
         for s in &history {
             self.feed(s);
         }
+        for rt in self.routes.values_mut() {
+            // A rollout's step counts the samples scored since this process started, as alone.
+            rt.step_samples = 0;
+        }
         tracing::info!(
             replica,
             samples = history.len(),
@@ -210,6 +216,7 @@ impl Controller {
             JudgeInput::Candidate => {
                 let live = rt.history.record.candidate == Some(s.candidate_version);
                 if live {
+                    rt.step_samples += 1;
                     rt.judge
                         .record(s.combined, s.errored, &tracked(&s.scorers), window);
                 }
@@ -341,6 +348,11 @@ impl Controller {
             }
         };
         let version = fleet.version();
+        let mut rollouts: HashMap<String, RolloutRecord> = loaded
+            .rollouts
+            .into_iter()
+            .map(|r| (r.route.clone(), r))
+            .collect();
         let mut fresh: HashMap<String, RouteHistory> = loaded
             .routes
             .into_iter()
@@ -384,6 +396,19 @@ impl Controller {
             f.dropped += dropped;
         }
         for (name, rt) in &mut self.routes {
+            // The rollout as the leader (or an operator on any replica) last moved it.
+            if let Some(r) = rollouts.remove(name) {
+                if rt.rollout.as_ref() != Some(&r) {
+                    let same_step = rt
+                        .rollout
+                        .as_ref()
+                        .is_some_and(|old| (old.candidate, old.step) == (r.candidate, r.step));
+                    if !same_step {
+                        rt.step_samples = 0;
+                    }
+                    rt.rollout = Some(r);
+                }
+            }
             let Some(h) = fresh.remove(name) else {
                 continue;
             };

@@ -205,6 +205,34 @@ impl Judge {
         self.candidate.iter().filter(|c| c.1).count() as f64 / self.candidate.len() as f64
     }
 
+    /// The one-sided 95 % *lower* bound of quality: the candidate mean's lower bound over the
+    /// noise floor's upper bound, clamped to [0, 1]. The evidence that the candidate is good
+    /// (an automatic rollout advances on it), where [`Judge::decide`] looks for evidence that
+    /// it is bad. None before the floor is trusted or without candidate samples.
+    pub fn quality_lower(&self) -> Option<f64> {
+        if self.noise.len() < MIN_NOISE_SAMPLES || self.candidate.is_empty() {
+            return None;
+        }
+        let (c_mean, c_se) = mean_se(self.candidate.iter().map(|c| c.0));
+        let (n_mean, n_se) = mean_se(self.noise.iter().copied());
+        let floor_upper = n_mean + Z_95 * n_se;
+        if floor_upper <= 0.0 {
+            // Stable never scores against itself: the candidate cannot do worse.
+            return Some(1.0);
+        }
+        Some(((c_mean - Z_95 * c_se) / floor_upper).clamp(0.0, 1.0))
+    }
+
+    /// The one-sided 95 % upper bound of the candidate's error share (0 without samples).
+    pub fn error_upper(&self) -> f64 {
+        let n = self.candidate.len() as f64;
+        if n == 0.0 {
+            return 0.0;
+        }
+        let p = self.error_rate();
+        (p + Z_95 * (p * (1.0 - p) / n).sqrt()).min(1.0)
+    }
+
     /// Whether the evidence says to roll back. Nothing is decided before `min_samples`.
     pub fn decide(&self, cfg: &RollbackConfig) -> Option<Trigger> {
         let n = self.candidate.len();
@@ -343,6 +371,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_lower_bound_needs_evidence_of_good() {
+        // As random as stable, enough samples: the lower bound clears 0.8.
+        let (j, _) = run(0.85, 0.85, 0.0, 300, 3);
+        let lower = j.quality_lower().unwrap();
+        assert!(lower > 0.8 && lower <= j.quality().unwrap(), "{lower}");
+        // Few samples: the same mean, but not yet evidence.
+        let mut few = Judge::default();
+        for s in [0.95, 0.6, 0.9, 0.55, 1.0, 0.7] {
+            few.record_noise(0.8, &[], 200);
+            few.record(s, false, &[], 200);
+        }
+        let lower = few.quality_lower().unwrap();
+        assert!(lower < few.quality().unwrap() - 0.1, "{lower}");
+        // Unrelated answers: far below.
+        let (bad, _) = run(0.3, 0.85, 0.0, 300, 4);
+        assert!(bad.quality_lower().unwrap() < 0.4);
+        // No floor, no bound.
+        assert_eq!(Judge::default().quality_lower(), None);
+        // Errors: the upper bound is above the observed share, and 0 without errors.
+        let (e, _) = run(0.85, 0.85, 0.1, 200, 5);
+        assert!(e.error_upper() > e.error_rate());
+        assert_eq!(j.error_upper(), 0.0);
     }
 
     #[test]

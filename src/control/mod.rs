@@ -18,12 +18,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, RouteConfig, StickyKey};
+use crate::config::{Config, RolloutStep, RouteConfig, StickyKey};
 use crate::domain::{Phase, ReleaseSpec, Trigger};
 use crate::metrics::{Metrics, RouteGauges};
 use crate::shadow::Sample;
 use crate::state::{Release, Route, RoutePolicy, Snapshot, Upstream};
 
+mod drill;
 mod durability;
 mod fleet;
 mod indexes;
@@ -31,25 +32,31 @@ mod judge;
 mod lifecycle;
 mod reload;
 mod reviews;
+mod rollout;
 mod store;
+mod trend;
 mod views;
 
 use durability::{Durability, Turn};
 pub use judge::Judge;
 use lifecycle::{AlertBlocked, RouteHistory};
-use reviews::{OutputView, Reviews};
+pub use reviews::OutputView;
+use reviews::Reviews;
 pub use views::{AlertEffect, AlertOutcome};
 
 pub use reviews::ReviewSample;
+pub use rollout::RolloutAction;
 pub use views::RouteView;
 
+pub use drill::DRILL_REASON;
 pub use durability::StoreStatus;
 pub use fleet::FleetView;
 pub use lifecycle::Refused;
 pub use reload::{Reconfigure, ReloadError, ReloadOutcome, ReloadRequest, Reloaded};
 pub use store::{
     EventRecord, Fleet, FleetSignal, IndexRecord, JudgeInput, JudgeSample, Loaded, PgStore,
-    ReleaseRecord, Replica, RouteRecord, SampleList, SqliteStore, Store, StoreError, Transition,
+    ReleaseRecord, Replica, RolloutRecord, RouteRecord, SampleList, SqliteStore, Store, StoreError,
+    Transition,
 };
 
 /// How often kept review samples are written to the store.
@@ -57,6 +64,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// How often the store is retried while failing (queued changes first), or checked (its file
 /// still the one opened) while healthy.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often running rollouts are looked at (a step that may advance does).
+const ROLLOUT_EVERY: Duration = Duration::from_secs(1);
 /// How often, in a fleet, this replica's scores go onto the shared stream and the stream's new
 /// scores into the judges.
 const FLEET_JUDGE_EVERY: Duration = Duration::from_millis(100);
@@ -79,6 +88,14 @@ pub enum Change {
     Finalize,
     /// Marks an embedding route's vector index dropped (rollbacks onto it are refused).
     DropIndex(String),
+    /// An operator's command to the route's automatic rollout.
+    Rollout(RolloutAction),
+    /// Only for `understudy drill`: the candidate it rolled back, back in its phase and share.
+    Restore {
+        version: u32,
+        phase: Phase,
+        share: f64,
+    },
 }
 
 /// One firing alert from Alertmanager.
@@ -130,6 +147,13 @@ pub enum Command {
         limit: usize,
         reply: Reply<Option<Vec<ReviewSample>>>,
     },
+    /// A route as the request path sees it and one of its releases (default: the candidate),
+    /// for a replay; None when there is no such route or release.
+    Release {
+        route: String,
+        version: Option<u32>,
+        reply: Reply<Option<(Arc<Route>, Arc<Release>)>>,
+    },
     /// The replicas sharing the store (`GET /admin/fleet`).
     Fleet {
         reply: Reply<Result<FleetView, StoreError>>,
@@ -166,12 +190,51 @@ impl Settings {
             config: cfg.clone(),
         }
     }
+
+    /// `[routes.NAME.rollout] steps`, when the route walks them by itself.
+    fn rollout(&self) -> Option<&[RolloutStep]> {
+        self.config.rollout.as_ref().map(|r| r.steps.as_slice())
+    }
 }
 
 struct RouteRuntime {
     history: RouteHistory,
     judge: Judge,
     reviews: Reviews,
+    /// The route's last rollout row (running while it names the current candidate).
+    rollout: Option<RolloutRecord>,
+    /// Candidate samples scored since the rollout's current step began (or since the start).
+    step_samples: usize,
+    /// The rollout row whose advance was last refused, so the refusal is logged once, not
+    /// every second.
+    refused: Option<RolloutRecord>,
+    /// Quality and noise floor over time, for the review page.
+    trend: trend::Trend,
+}
+
+impl RouteRuntime {
+    fn new(history: RouteHistory, reviews: Reviews, rollout: Option<RolloutRecord>) -> Self {
+        RouteRuntime {
+            history,
+            judge: Judge::default(),
+            reviews,
+            rollout,
+            step_samples: 0,
+            refused: None,
+            trend: trend::Trend::default(),
+        }
+    }
+
+    /// What the rollout's decision rests on.
+    fn evidence(&self) -> rollout::Evidence {
+        rollout::Evidence {
+            step_samples: self.step_samples,
+            window_samples: self.judge.samples(),
+            noise_samples: self.judge.noise_samples(),
+            quality_lower: self.judge.quality_lower(),
+            error_upper: self.judge.error_upper(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +308,7 @@ impl Controller {
             health: watch::channel(StoreStatus::default()).0,
             fleet: None,
         };
+        c.align_rollouts()?;
         c.publish().map_err(StartError::Invalid)?;
         c.store_turned(Turn::Same);
         c.fleet_start();
@@ -262,6 +326,11 @@ impl Controller {
             Some(fleet) => fleet.reload()?,
             None => store.load()?,
         };
+        let mut rollouts: HashMap<String, RolloutRecord> = loaded
+            .rollouts
+            .iter()
+            .map(|r| (r.route.clone(), r.clone()))
+            .collect();
         let mut histories = reload::histories(loaded);
         let mut routes = BTreeMap::new();
         let mut settings = BTreeMap::new();
@@ -284,15 +353,9 @@ impl Controller {
             let history = history.ok_or_else(|| {
                 StartError::Invalid(format!("route {name}: no state after reconciling"))
             })?;
+            let rollout = rollouts.remove(name);
             let reviews = reload::restore_reviews(store.as_ref(), name)?;
-            routes.insert(
-                name.clone(),
-                RouteRuntime {
-                    history,
-                    judge: Judge::default(),
-                    reviews,
-                },
-            );
+            routes.insert(name.clone(), RouteRuntime::new(history, reviews, rollout));
             let policy = RoutePolicy::new(cfg, upstreams);
             settings.insert(name.clone(), Settings::of(cfg, Arc::new(policy)));
         }
@@ -318,6 +381,8 @@ impl Controller {
         shutdown: CancellationToken,
     ) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut rollouts = tokio::time::interval(ROLLOUT_EVERY);
+        rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut judge = tokio::time::interval(FLEET_JUDGE_EVERY);
@@ -340,6 +405,7 @@ impl Controller {
                 _ = retry.tick() => self.tend_store(),
                 _ = judge.tick(), if in_fleet => self.fleet_tick(),
                 _ = flush.tick() => self.flush_reviews(),
+                _ = rollouts.tick() => self.tend_rollouts(),
                 Some(s) = samples.recv() => self.sample(s),
             }
         }
@@ -408,6 +474,13 @@ impl Controller {
                 });
                 let _ = reply.send(out);
             }
+            Command::Release {
+                route,
+                version,
+                reply,
+            } => {
+                let _ = reply.send(self.release_of(&route, version));
+            }
             Command::Fleet { reply } => {
                 let _ = reply.send(self.fleet_view());
             }
@@ -415,6 +488,25 @@ impl Controller {
                 let _ = reply.send(self.reload(*next));
             }
         }
+    }
+
+    /// The route as the request path sees it, and its release `version` (default: the
+    /// candidate), built from the history when it is neither stable nor the candidate.
+    fn release_of(&self, name: &str, version: Option<u32>) -> Option<(Arc<Route>, Arc<Release>)> {
+        let route = Arc::clone(self.state.load().route(name)?);
+        let version = version.or(route.candidate.as_ref().map(|c| c.version))?;
+        let live = [Some(&route.stable), route.candidate.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|r| r.version == version)
+            .cloned();
+        if let Some(r) = live {
+            return Some((route, r));
+        }
+        let record = self.routes.get(name)?.history.release(version)?;
+        let upstream = self.upstreams.get(&record.upstream)?;
+        let release = Release::new(version, &record.spec(), Arc::clone(upstream));
+        Some((route, Arc::new(release)))
     }
 
     /// Validates, commits and publishes one change. A rollback is published first and written
@@ -434,6 +526,9 @@ impl Controller {
         }
         let now = now_ms();
         let h = &rt.history;
+        let steps = self.settings.get(route).and_then(Settings::rollout);
+        // The rollout of the current candidate, when the route has one configured.
+        let running = steps.and_then(|_| rollout::active(h, rt.rollout.as_ref()));
         let t = match &change {
             Change::Publish(spec) => {
                 // The one validation of a release, shared with the configuration file.
@@ -449,9 +544,45 @@ impl Controller {
                 if !said.is_empty() {
                     return Err(Refused::Invalid(said.join("; ")).into());
                 }
-                Some(lifecycle::publish(h, spec, now))
+                let mut t = lifecycle::publish(h, spec, now);
+                if let Some(steps) = steps {
+                    rollout::start(&mut t, steps, now);
+                }
+                Some(t)
             }
-            Change::Promote { phase, share } => Some(lifecycle::promote(h, *phase, *share, now)?),
+            Change::Promote { phase, share } => {
+                let mut t = lifecycle::promote(h, *phase, *share, now)?;
+                // The operator has taken the wheel: the rollout waits until resumed.
+                let why =
+                    "a manual promote paused the rollout; resume hands the candidate back to it";
+                if let Some(p) = running.and_then(|r| rollout::pause(r, why, now)) {
+                    t.rollout = p.rollout;
+                    t.events.extend(p.events);
+                }
+                Some(t)
+            }
+            Change::Rollout(action) => {
+                let Some(steps) = steps else {
+                    return Err(Refused::Conflict(format!(
+                        "route {route} has no automatic rollout: configure [routes.{route}.rollout]"
+                    ))
+                    .into());
+                };
+                let Some(r) = running else {
+                    return Err(Refused::Conflict(format!(
+                        "route {route} has no rollout running (no candidate); publishing one starts it"
+                    ))
+                    .into());
+                };
+                match action {
+                    RolloutAction::Pause => rollout::pause(r, "paused by an operator", now),
+                    RolloutAction::Resume => rollout::resume(h, r, steps, now),
+                    RolloutAction::Skip => {
+                        let why = format!("skipped by an operator at step {}", r.step + 1);
+                        Some(rollout::advance(h, r, steps, &why, now)?)
+                    }
+                }
+            }
             Change::Rollback {
                 to,
                 trigger,
@@ -464,6 +595,11 @@ impl Controller {
             }
             Change::Finalize => Some(lifecycle::finalize(h, now)?),
             Change::DropIndex(name) => indexes::drop_index(h, name, now)?,
+            Change::Restore {
+                version,
+                phase,
+                share,
+            } => Some(drill::restore(h, *version, *phase, *share, now)?),
         };
         let Some(mut t) = t else { return Ok(()) };
         if let Some(settings) = self.settings.get(route) {
@@ -609,6 +745,16 @@ impl Controller {
         if let Some(rt) = self.routes.get_mut(route) {
             let before = (rt.history.record.stable, rt.history.record.candidate);
             rt.history.apply(t);
+            if let Some(r) = &t.rollout {
+                let same_step = rt
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|old| (old.candidate, old.step) == (r.candidate, r.step));
+                if !same_step {
+                    rt.step_samples = 0;
+                }
+                rt.rollout = Some(r.clone());
+            }
             let after = (rt.history.record.stable, rt.history.record.candidate);
             if before.0 != after.0 {
                 // A new stable: its noise floor is unknown, so the warm-up starts again.
@@ -679,6 +825,7 @@ impl Controller {
         // A sample for a candidate that is no longer live (rolled back meanwhile) is not judged.
         let live = rt.history.record.candidate == Some(s.candidate_version);
         if live && local {
+            rt.step_samples += 1;
             rt.judge.record(
                 s.score.combined,
                 s.candidate_error,
@@ -691,6 +838,8 @@ impl Controller {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             candidate_version: s.candidate_version,
+            stable_version: Some(s.stable_version),
+            api: Some(s.shape.as_str().to_owned()),
             score: s.score.combined,
             scores: s
                 .score
@@ -700,6 +849,7 @@ impl Controller {
                 .collect(),
             hard_failure: s.score.hard_failure.map(|h| h.as_str().to_string()),
             failed_check: s.score.failed_check.clone(),
+            judge_reason: s.judge_reason.clone(),
             request: s
                 .request
                 .as_ref()
@@ -713,11 +863,15 @@ impl Controller {
             policy.scoring.keep_random,
             &mut rand::rng(),
         );
+        let figures = rt.judge.figures();
+        let record = &rt.history.record;
+        rt.trend
+            .record(now_ms(), &figures, record.phase, record.share);
         if !local {
             self.fleet_sample(&s);
             return;
         }
-        self.metrics.judged(&s.route, &rt.judge.figures());
+        self.metrics.judged(&s.route, &figures);
         if live {
             self.decide(&s.route);
         }
@@ -747,6 +901,158 @@ impl Controller {
         };
         if let Err(e) = self.change(route, change) {
             tracing::error!(route, error = %e, "automatic rollback failed");
+        }
+    }
+
+    /// At start and after a reload, each route's rollout as the file says: a candidate without a
+    /// rollout of its own (new in the file, or the rollout newly configured) starts at step 1; a
+    /// running rollout whose step the file changed keeps its step number, its candidate put at
+    /// the step's phase and share. Each committed before it takes effect. In a fleet, replicas
+    /// starting together plan the same changes: the one another replica made first is read back
+    /// (`commit` resyncs on `Stale`) and the plan made again, so it lands once.
+    fn align_rollouts(&mut self) -> Result<(), StoreError> {
+        let mut attempts = 0;
+        'plan: loop {
+            attempts += 1;
+            let now = now_ms();
+            let mut planned = Vec::new();
+            for (name, rt) in &self.routes {
+                let Some(steps) = self.settings.get(name).and_then(Settings::rollout) else {
+                    continue;
+                };
+                let t = match rollout::active(&rt.history, rt.rollout.as_ref()) {
+                    None => rollout::start_existing(&rt.history, steps, now),
+                    Some(r) => rollout::realign(&rt.history, r, steps, now),
+                };
+                planned.extend(t.map(|t| (name.clone(), t)));
+            }
+            for (name, t) in planned {
+                match self.commit(&name, &t) {
+                    Ok(()) => {}
+                    Err(ChangeError::Store(StoreError::Stale(route))) if attempts < 5 => {
+                        tracing::info!(
+                            route,
+                            "another replica changed the route first; planning its rollout again"
+                        );
+                        continue 'plan;
+                    }
+                    Err(ChangeError::Store(e)) => return Err(e),
+                    Err(other) => return Err(StoreError::Corrupt(other.to_string())),
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// After a reload: the rollout rows of routes it added, read from the store, then
+    /// [`Self::align_rollouts`]. A failure is logged: the reload itself is in effect.
+    fn rollouts_after_reload(&mut self) {
+        let unknown = self.routes.iter().any(|(name, rt)| {
+            rt.rollout.is_none()
+                && self
+                    .settings
+                    .get(name)
+                    .and_then(Settings::rollout)
+                    .is_some()
+        });
+        if unknown {
+            match self.store.load() {
+                Ok(loaded) => {
+                    for r in loaded.rollouts {
+                        if let Some(rt) = self.routes.get_mut(&r.route) {
+                            if rt.rollout.is_none() {
+                                rt.rollout = Some(r);
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.metrics.store_error("read", &e, false),
+            }
+        }
+        if let Err(e) = self.align_rollouts() {
+            tracing::error!(error = %e, "rollouts not aligned with the reloaded configuration");
+        }
+    }
+
+    /// The rollout timer: each running rollout whose step has its evidence moves on (committed
+    /// first, like any change, so never while the store is failing); the gauges say where every
+    /// rollout stands and what it waits for. In a fleet, only the leader (the replica holding the
+    /// judge's lock, whose windows decide rollbacks too) advances.
+    fn tend_rollouts(&mut self) {
+        let now = now_ms();
+        let names: Vec<String> = self.routes.keys().cloned().collect();
+        for name in names {
+            let Some(settings) = self.settings.get(&name) else {
+                continue;
+            };
+            let Some(steps) = settings.rollout().map(<[RolloutStep]>::to_vec) else {
+                continue;
+            };
+            let policy = Arc::clone(&settings.policy);
+            let Some(rt) = self.routes.get(&name) else {
+                continue;
+            };
+            let Some(r) = rollout::active(&rt.history, rt.rollout.as_ref()).cloned() else {
+                self.metrics.rollout_state(&name, 0, None);
+                continue;
+            };
+            let ev = rt.evidence();
+            let decision = rollout::evaluate(&steps, &policy.rollback, &r, &ev, now);
+            let rollout::Decision::Advance = decision else {
+                let first = match &decision {
+                    rollout::Decision::Wait(w) => w.first().map(|w| w.kind()),
+                    rollout::Decision::Advance => None,
+                };
+                self.metrics
+                    .rollout_state(&name, r.step as usize + 1, first);
+                continue;
+            };
+            if self.fleet.as_ref().is_some_and(|f| !f.leader) {
+                // In a fleet only the judge's leader moves rollouts on (its step reaches this
+                // replica through the shared state): ready, the leader advances it.
+                self.metrics.rollout_state(
+                    &name,
+                    r.step as usize + 1,
+                    Some(crate::domain::RolloutWait::Ready),
+                );
+                continue;
+            }
+            if !self.durability.healthy() {
+                // Advancing is a risky change: it waits for the store, like a promote.
+                self.metrics.rollout_state(
+                    &name,
+                    r.step as usize + 1,
+                    Some(crate::domain::RolloutWait::Store),
+                );
+                continue;
+            }
+            let elapsed = Duration::from_millis(u64::try_from(now - r.step_since_ms).unwrap_or(0));
+            let why = rollout::evidence_said(&ev, &policy.rollback, elapsed);
+            match rollout::advance(&rt.history, &r, &steps, &why, now) {
+                Ok(t) => {
+                    let step = t.rollout.as_ref().map_or(0, |r| r.step as usize + 1);
+                    match self.commit(&name, &t) {
+                        Ok(()) => self.metrics.rollout_advanced(&name, step, &why),
+                        Err(e) => {
+                            tracing::error!(route = %name, error = %e, "rollout step not taken");
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(rt) = self.routes.get_mut(&name) {
+                        if rt.refused.as_ref() != Some(&r) {
+                            tracing::warn!(route = %name, error = %e, "rollout cannot advance");
+                            rt.refused = Some(r.clone());
+                        }
+                    }
+                }
+            }
+            let step = self
+                .routes
+                .get(&name)
+                .and_then(|rt| rollout::active(&rt.history, rt.rollout.as_ref()))
+                .map_or(0, |r| r.step as usize + 1);
+            self.metrics.rollout_state(&name, step, None);
         }
     }
 
@@ -848,7 +1154,7 @@ impl Controller {
             .into_iter()
             .map(Into::into)
             .collect();
-        let view = RouteView::new(
+        let mut view = RouteView::new(
             alias,
             &rt.history,
             rt.judge.figures(),
@@ -856,6 +1162,22 @@ impl Controller {
             scorers,
             self.durability.status(Some(name)),
         );
+        if let Some(settings) = self.settings.get(name) {
+            if let Some(steps) = settings.rollout() {
+                let mut ro = rollout::RolloutView::new(
+                    &rt.history,
+                    steps,
+                    &settings.policy.rollback,
+                    rt.rollout.as_ref(),
+                    &rt.evidence(),
+                    now_ms(),
+                );
+                if !self.durability.healthy() {
+                    ro.store_failing();
+                }
+                view.rollout = Some(ro);
+            }
+        }
         if !detail {
             return Some(view);
         }
@@ -872,7 +1194,10 @@ impl Controller {
                 .pending_of(name)
                 .flat_map(|t| t.events.iter().cloned()),
         );
-        Some(view.with_detail(&rt.history, &events))
+        Some(
+            view.with_detail(&rt.history, &events)
+                .with_trend(rt.trend.points()),
+        )
     }
 }
 

@@ -16,7 +16,6 @@ use super::reviews::Reviews;
 use super::store::{Loaded, SampleList, Store, StoreError, Transition};
 use super::{now_ms, Controller, ReviewSample, RouteRuntime, Settings};
 use crate::config::RouteConfig;
-use crate::control::judge::Judge;
 use crate::state::{RoutePolicy, Upstream};
 
 /// What a reload asks of the controller: the new file's routes and its upstreams, resolved.
@@ -192,14 +191,8 @@ impl Controller {
                         Reviews::restore(Vec::new(), Vec::new(), None)
                     }
                 };
-                self.routes.insert(
-                    p.name.clone(),
-                    RouteRuntime {
-                        history: p.after,
-                        judge: Judge::default(),
-                        reviews,
-                    },
-                );
+                self.routes
+                    .insert(p.name.clone(), RouteRuntime::new(p.after, reviews, None));
             } else if let Some(rt) = self.routes.get_mut(&p.name) {
                 let (stable, candidate) = (rt.history.record.stable, rt.history.record.candidate);
                 rt.history = p.after;
@@ -225,6 +218,7 @@ impl Controller {
         }
         self.upstreams = next.upstreams;
         self.default_upstream = next.default_upstream;
+        self.rollouts_after_reload();
         self.publish().map_err(|e| ReloadError::Invalid(vec![e]))?;
         Ok(report)
     }

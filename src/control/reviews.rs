@@ -15,12 +15,21 @@ use crate::observe::Observation;
 pub struct ReviewSample {
     pub at_unix: u64,
     pub candidate_version: u32,
+    /// Stable's version when the pair was made (absent in samples kept before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<u32>,
+    /// The API the request spoke: chat, completions, responses or messages (absent likewise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
     pub score: f64,
     pub scores: BTreeMap<String, f64>,
     pub hard_failure: Option<String>,
     /// The check the candidate failed where stable passed, when that was the hard failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_check: Option<String>,
+    /// The LLM judge's reason for its verdict, when it judged the pair and gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_reason: Option<String>,
     /// The request body as JSON (null when redacted).
     pub request: Option<Value>,
     pub stable: OutputView,
@@ -138,10 +147,13 @@ mod tests {
         ReviewSample {
             at_unix: 0,
             candidate_version: n,
+            stable_version: None,
+            api: None,
             score: f64::from(n % 100) / 100.0,
             scores: BTreeMap::new(),
             hard_failure: None,
             failed_check: None,
+            judge_reason: None,
             request: None,
             stable: out.clone(),
             candidate: out,

@@ -10,7 +10,9 @@ use super::durability::StoreStatus;
 use super::indexes::{self, IndexView};
 use super::judge::ScorerQuality;
 use super::lifecycle::RouteHistory;
+use super::rollout::RolloutView;
 use super::store::{EventRecord, ReleaseRecord};
+use super::trend::TrendPoint;
 use crate::domain::{EventKind, Phase, ReleaseState, Trigger};
 use crate::metrics::JudgeFigures;
 
@@ -41,6 +43,9 @@ pub struct RouteView {
     pub scorers: Vec<ScorerView>,
     /// The store's health; `pending` counts this route's changes in effect but not yet durable.
     pub store: StoreStatus,
+    /// Where the automatic rollout stands and what its step waits for, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
     /// In the answer to a change: whether it is durable already (false: in effect, and written
     /// as soon as the store can take it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +56,9 @@ pub struct RouteView {
     /// The newest events, oldest first (detail only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<EventView>>,
+    /// Quality and noise floor over the recent past, oldest first (detail only; in memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trend: Option<Vec<TrendPoint>>,
 }
 
 impl RouteView {
@@ -80,9 +88,11 @@ impl RouteView {
             error_rate,
             scorers,
             store,
+            rollout: None,
             durable: None,
             releases: None,
             events: None,
+            trend: None,
         }
     }
 
@@ -105,6 +115,12 @@ impl RouteView {
                 .collect(),
         );
         self.events = Some(events.iter().map(EventView::from).collect());
+        self
+    }
+
+    /// With the route's trend.
+    pub fn with_trend(mut self, points: Vec<TrendPoint>) -> Self {
+        self.trend = Some(points);
         self
     }
 }
@@ -301,9 +317,11 @@ mod tests {
                 reason: None,
                 pending: 0,
             },
+            rollout: None,
             durable: None,
             releases: Some(vec![release]),
             events: None,
+            trend: None,
         }
         .redacted();
         let v = serde_json::to_value(&route).unwrap_or_default();

@@ -14,4 +14,4 @@ pub use body::{full, Body, BoxError};
 pub use index::{index_name_problem, space_problems};
 pub use input::{cut, route_name_problem, share_problem, MAX_REASON_BYTES};
 pub use release::{model_problem, Prices, ReleaseSpec};
-pub use vocabulary::{EventKind, Phase, ReleaseState, Role, Trigger, UnknownName};
+pub use vocabulary::{EventKind, Phase, ReleaseState, Role, RolloutWait, Trigger, UnknownName};

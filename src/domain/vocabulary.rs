@@ -132,6 +132,40 @@ names!(
         Finalized = "finalized",
         /// An operator marked an embedding route's vector index dropped.
         IndexDropped = "index_dropped",
+        /// The automatic rollout moved the candidate to its next step (or an operator skipped
+        /// one); the reason says which step and on what evidence.
+        RolloutStep = "rollout_step",
+        /// An operator paused the automatic rollout (or took the wheel with a manual promote).
+        RolloutPaused = "rollout_paused",
+        /// An operator resumed the automatic rollout.
+        RolloutResumed = "rollout_resumed",
+        /// A rollback drill put the candidate it had rolled back back in its phase and share.
+        Restored = "restored",
+    }
+);
+
+names!(
+    /// What an automatic rollout's current step is waiting for (a metric label: bounded).
+    RolloutWait, "rollout wait", {
+        /// Nothing: the step's conditions hold, it advances on the controller's next tick.
+        Ready = "ready",
+        /// An operator paused the rollout.
+        Paused = "paused",
+        /// The step's minimum duration has not elapsed.
+        Duration = "duration",
+        /// Fewer candidate samples than the step (or the judge) needs.
+        Samples = "samples",
+        /// The noise floor is not yet trusted (too few stable-vs-stable samples).
+        NoiseFloor = "noise_floor",
+        /// The quality's lower confidence bound is below the threshold.
+        Quality = "quality",
+        /// The error rate's upper confidence bound is above `max_error_rate`.
+        Errors = "errors",
+        /// The step's conditions hold, but the store cannot be written: the step is taken once
+        /// it can.
+        Store = "store",
+        /// The last step holds (no `finalize` step): finalize by hand.
+        Done = "done",
     }
 );
 

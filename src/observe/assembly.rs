@@ -6,6 +6,9 @@
 //! own `impl Assembly` block for reading their API.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 use serde::Deserialize;
 
@@ -139,4 +142,40 @@ impl From<WireUsage> for Usage {
 struct Tagged<'a> {
     #[serde(borrow, rename = "type")]
     kind: Cow<'a, str>,
+}
+
+/// The cheap check of an event read for its outcome only: its data is a JSON object (starts with
+/// `{` and ends with `}`). Catches the failures seen in the wild (an HTML error page, an event
+/// cut in the middle) without the cost of parsing it.
+pub(super) fn object_shaped(data: &str) -> serde_json::Result<()> {
+    let data = data.trim_ascii();
+    if data.starts_with('{') && data.ends_with('}') {
+        Ok(())
+    } else {
+        Err(serde::de::Error::custom("not a JSON object"))
+    }
+}
+
+/// The keys the outcome of an OpenAI chat or completions stream is in; built once per process
+/// (building a finder costs more than a search through an event).
+pub(super) static FINISH_REASON: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"finish_reason\""));
+pub(super) static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+/// A function call item of the Responses API (its `type` value).
+pub(super) static FUNCTION_CALL: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"function_call\""));
+
+/// Whether `data` has the key `key` finds (quotes included) with a value other than `null`: a
+/// targeted scan that tells which events are worth parsing. It may say yes for the key's text
+/// inside a string (the event is then parsed for nothing), never no for a real key.
+pub(super) fn has_value(data: &str, key: &Finder<'_>) -> bool {
+    let bytes = data.as_bytes();
+    let len = key.needle().len();
+    key.find_iter(bytes).any(|at| {
+        let rest = bytes[at + len..].trim_ascii_start();
+        match rest.strip_prefix(b":") {
+            Some(value) => !value.trim_ascii_start().starts_with(b"null"),
+            None => false,
+        }
+    })
 }

@@ -11,13 +11,30 @@ use std::fmt;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::assembly::{Assembly, WireUsage};
+use super::assembly::{has_value, object_shaped, Assembly, WireUsage, FINISH_REASON, USAGE};
 use super::types::FinishReason;
 
 impl Assembly {
     /// Reads one chat or completions stream event (other than `[DONE]`).
     pub(super) fn chat_event(&mut self, data: &str) -> serde_json::Result<()> {
         serde_json::from_str(data).map(|chunk| self.openai(chunk))
+    }
+
+    /// Reads one chat or completions stream event (other than `[DONE]`) for its outcome only:
+    /// parsed when a scan finds a finish reason or usage in it (the last one or two chunks),
+    /// else only checked to be an object.
+    pub(super) fn chat_event_outcome(&mut self, data: &str) -> serde_json::Result<()> {
+        if !(has_value(data, &FINISH_REASON) || has_value(data, &USAGE)) {
+            return object_shaped(data);
+        }
+        let chunk: OpenAiBody<'_> = serde_json::from_str(data)?;
+        if let Some(reason) = chunk.choices.and_then(|c| c.finish_reason) {
+            self.finish_reason = Some(FinishReason::from_openai(&reason));
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = usage.into();
+        }
+        Ok(())
     }
 
     /// Parses and reads a whole chat or completions body.

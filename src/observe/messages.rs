@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::assembly::{event_kind, Assembly, WireUsage};
+use super::assembly::{event_kind, object_shaped, Assembly, WireUsage};
 use super::types::FinishReason;
 
 impl Assembly {
@@ -72,6 +72,22 @@ impl Assembly {
             }
         }
         Ok(())
+    }
+
+    /// Reads one Anthropic Messages stream event for its outcome only: the events that carry
+    /// usage, the stop reason, the end or an error are read as by [`Assembly::messages_event`];
+    /// content events are only checked to be objects.
+    pub(super) fn messages_event_outcome(
+        &mut self,
+        name: &str,
+        data: &str,
+    ) -> serde_json::Result<()> {
+        match &*event_kind(name, data)? {
+            "content_block_start" | "content_block_delta" | "content_block_stop" | "ping" => {
+                object_shaped(data)
+            }
+            _ => self.messages_event(name, data),
+        }
     }
 
     /// Reads a whole Anthropic Messages body.

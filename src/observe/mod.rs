@@ -83,9 +83,12 @@ impl Observer {
         }
     }
 
-    /// An observer for an answer nobody compares: the same usage and failures as [`Observer::new`]
-    /// gives, without text or tool calls for a JSON body (a stream is read whole either way: its
-    /// end is only known from its events).
+    /// An observer for an answer nobody compares: the usage and failures [`Observer::new`] gives,
+    /// without text or tool calls. A JSON body is checked and its usage read; a stream is split
+    /// into events (its end is only known from them), and only the events that can carry usage,
+    /// the finish reason, the end or an error are parsed, found by a targeted scan; the others
+    /// are only checked to be a JSON object (`{` .. `}`), not parsed (that is most of the cost of
+    /// observing a stream).
     pub fn usage_only(shape: ApiShape, streaming: bool, max_bytes: usize) -> Self {
         Observer {
             usage_only: true,
@@ -100,7 +103,12 @@ impl Observer {
             Input::Stream(reader) => {
                 reader.feed(chunk);
                 while let Some(event) = reader.next_event() {
-                    self.out.event(self.shape, &event.event, &event.data);
+                    if self.usage_only {
+                        self.out
+                            .event_outcome(self.shape, &event.event, &event.data);
+                    } else {
+                        self.out.event(self.shape, &event.event, &event.data);
+                    }
                 }
             }
             Input::Body { bytes, limit, cut } => {
@@ -163,6 +171,22 @@ impl Assembly {
             ApiShape::Responses => self.responses_event(name, data),
             ApiShape::Messages => self.messages_event(name, data),
             // The embeddings API does not stream.
+            ApiShape::Embeddings => Err(serde::de::Error::custom("embeddings do not stream")),
+        };
+        self.malformed |= read.is_err();
+    }
+
+    /// Reads one SSE event for its outcome only (usage, finish reason, end, errors): see
+    /// [`Observer::usage_only`].
+    fn event_outcome(&mut self, shape: ApiShape, name: &str, data: &str) {
+        if data == "[DONE]" {
+            self.ended |= matches!(shape, ApiShape::ChatCompletions | ApiShape::Completions);
+            return;
+        }
+        let read = match shape {
+            ApiShape::ChatCompletions | ApiShape::Completions => self.chat_event_outcome(data),
+            ApiShape::Responses => self.responses_event_outcome(name, data),
+            ApiShape::Messages => self.messages_event_outcome(name, data),
             ApiShape::Embeddings => Err(serde::de::Error::custom("embeddings do not stream")),
         };
         self.malformed |= read.is_err();

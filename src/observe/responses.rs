@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::assembly::{event_kind, Assembly, WireUsage};
+use super::assembly::{event_kind, object_shaped, Assembly, WireUsage, FUNCTION_CALL};
 use super::types::FinishReason;
 
 impl Assembly {
@@ -63,6 +63,26 @@ impl Assembly {
             }
         }
         Ok(())
+    }
+
+    /// Reads one Responses API stream event for its outcome only: the terminal and error events
+    /// are read as by [`Assembly::responses_event`]; the others are only checked to be objects
+    /// (an added function call is noted by a scan, for the finish reason).
+    pub(super) fn responses_event_outcome(
+        &mut self,
+        name: &str,
+        data: &str,
+    ) -> serde_json::Result<()> {
+        match &*event_kind(name, data)? {
+            "response.completed" | "response.incomplete" | "error" | "response.failed" => {
+                self.responses_event(name, data)
+            }
+            "response.output_item.added" => {
+                self.called_tool |= FUNCTION_CALL.find(data.as_bytes()).is_some();
+                object_shaped(data)
+            }
+            _ => object_shaped(data),
+        }
     }
 
     /// Reads a whole Responses API body.

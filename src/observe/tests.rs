@@ -1173,3 +1173,93 @@ fn failed_and_empty_observations() {
     obs.text.push('x');
     assert!(!obs.is_empty());
 }
+
+/// Observes a stream for its outcome only, fed in pieces of `piece` bytes.
+fn observe_outcome(shape: ApiShape, body: &[u8], piece: usize) -> Observation {
+    let mut observer = Observer::usage_only(shape, true, 1 << 20);
+    for chunk in body.chunks(piece.max(1)) {
+        observer.feed(chunk);
+    }
+    observer.finish(200, true)
+}
+
+#[test]
+fn usage_only_streams_read_the_same_outcome() {
+    for case in cases().into_iter().filter(|c| c.streaming) {
+        let body = case.body.as_bytes();
+        let full = observe(case.shape, true, body, body.len(), 1 << 20);
+        for piece in [1, 7, 64, body.len()] {
+            let got = observe_outcome(case.shape, body, piece);
+            assert_eq!(got.failure, None, "{} in pieces of {piece}", case.name);
+            assert_eq!(got.usage, full.usage, "{} in pieces of {piece}", case.name);
+            assert_eq!(got.finish_reason, full.finish_reason, "{}", case.name);
+            assert_eq!((got.text.as_str(), got.tool_calls.len()), ("", 0));
+        }
+        // Cut short, or inside its terminal event: malformed, as when read whole.
+        let end = terminal(case.body);
+        for cut in [end, end + 8] {
+            let got = observe_outcome(case.shape, &body[..cut], 3);
+            assert_eq!(got.failure, Some(Failure::Malformed), "{} cut", case.name);
+        }
+    }
+    let without_reason =
+        CHAT_STREAM_TEXT.replace(r#""finish_reason":"stop""#, r#""finish_reason":null"#);
+    let got = observe_outcome(ApiShape::ChatCompletions, without_reason.as_bytes(), 10);
+    assert_eq!(got.failure, Some(Failure::Malformed));
+}
+
+#[test]
+fn usage_only_streams_see_error_and_broken_events() {
+    use ApiShape::*;
+    let cases: &[(&str, ApiShape, String)] = &[
+        (
+            "chat event cut",
+            ChatCompletions,
+            format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"x\"\n\n{CHAT_STREAM_TEXT}"),
+        ),
+        (
+            "chat html",
+            ChatCompletions,
+            format!("data: <html><body>502 Bad Gateway</body></html>\n\n{CHAT_STREAM_TEXT}"),
+        ),
+        (
+            "messages error event",
+            Messages,
+            MESSAGES_STREAM_TEXT.replace(
+                "event: message_delta",
+                "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\nevent: message_delta",
+            ),
+        ),
+        (
+            "messages event cut",
+            Messages,
+            MESSAGES_STREAM_TEXT.replace("data: {\"type\": \"ping\"}", "data: {\"type\": \"ping\""),
+        ),
+        (
+            "responses failed",
+            Responses,
+            RESPONSES_STREAM_TEXT.replace(
+                "event: response.completed",
+                "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\"}}\n\nevent: response.completed",
+            ),
+        ),
+        (
+            "responses error",
+            Responses,
+            format!("event: error\ndata: {{\"type\":\"error\",\"code\":\"E\"}}\n\n{RESPONSES_STREAM_TEXT}"),
+        ),
+    ];
+    for (name, shape, body) in cases {
+        for piece in [1, 9, body.len()] {
+            let got = observe_outcome(*shape, body.as_bytes(), piece);
+            assert_eq!(got.failure, Some(Failure::Malformed), "{name}");
+        }
+    }
+    // A syntax error inside an event that carries nothing the outcome needs is not looked for:
+    // finding it costs as much as reading the event.
+    let inner = RESPONSES_STREAM_TEXT.replace("\"sequence_number\":7,", "\"sequence_number\":7,,");
+    assert_eq!(
+        observe_outcome(Responses, inner.as_bytes(), 9).failure,
+        None
+    );
+}

@@ -27,7 +27,7 @@ pub use reload::ReloadFrom;
 use reload::{Reloader, RELOAD_QUEUE};
 use workers::{log_end, Handoff, Hygiene, Workers};
 
-use crate::admin::{Admin, Listings};
+use crate::admin::{Admin, Listings, Replayer};
 use crate::config::Config;
 use crate::control::{Controller, PgStore, Replica, SqliteStore, Store};
 use crate::metrics::Metrics;
@@ -267,6 +267,11 @@ async fn serve(
         permits: Arc::new(Semaphore::new(caps.requests)),
         cut: CancellationToken::new(),
     };
+    let replayer = Replayer {
+        client: UpstreamClient::new(connect_timeout, tls.clone()),
+        metrics: Arc::clone(&metrics),
+        observe_max_bytes: OBSERVE_MAX_BYTES,
+    };
     let slots = Arc::new(Semaphore::new(caps.connections));
     let connections = TaskTracker::new();
     let workers = Workers::start(config.server.workers(), &connections, &hygiene, {
@@ -311,6 +316,7 @@ async fn serve(
         store: store_status,
         token,
         listings: Listings::default(),
+        replayer,
     });
 
     tracing::info!(

@@ -19,8 +19,11 @@ use crate::score::{regression, score, Score};
 
 mod neighbourhood;
 mod remote;
+mod replay;
 mod semantic;
 mod verdict;
+
+pub use replay::{replay, shape_path, Replayed};
 
 use crate::state::{Release, Route};
 use crate::telemetry::{LlmSpan, ScorerKind, TraceParent};
@@ -34,7 +37,12 @@ use remote::ScorerFailure;
 pub struct Sample {
     pub route: String,
     pub candidate_version: u32,
+    /// Stable's version when the pair was made, and the API the request spoke (for export).
+    pub stable_version: u32,
+    pub shape: ApiShape,
     pub score: Score,
+    /// The LLM judge's reason for its verdict on the candidate, when it judged and gave one.
+    pub judge_reason: Option<String>,
     pub candidate_error: bool,
     /// Stable-vs-stable scores, when this request was also used for the noise floor.
     pub noise: Option<Score>,
@@ -112,7 +120,7 @@ impl Shadow {
             samples: self.samples.clone(),
             observe_max_bytes: self.observe_max_bytes,
             req,
-            _permit: permit,
+            _permit: Some(permit),
         };
         self.tracker.spawn(task.run(rx));
         Some(tx)
@@ -124,6 +132,8 @@ impl Shadow {
 struct Remote {
     semantic: (Option<f64>, Option<f64>),
     judge: (Option<f64>, Option<f64>),
+    /// The judge's reason for its verdict on the candidate.
+    judge_reason: Option<String>,
 }
 
 struct MirrorTask {
@@ -132,8 +142,9 @@ struct MirrorTask {
     samples: mpsc::Sender<Sample>,
     observe_max_bytes: usize,
     req: MirrorRequest,
-    /// Held for the task's life: one slot of the route's `max_inflight`.
-    _permit: OwnedSemaphorePermit,
+    /// Held for the task's life: one slot of the route's `max_inflight` (None for a replayed
+    /// case, which is outside the mirror budget: `replay.rs`).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl MirrorTask {
@@ -195,6 +206,7 @@ impl MirrorTask {
                 &candidate_score,
             )
             .await;
+        let judge_reason = remote.judge_reason.clone();
         let candidate_score = candidate_score.with_remote(
             remote.semantic.0,
             remote.judge.0,
@@ -230,7 +242,10 @@ impl MirrorTask {
         let sample = Sample {
             route: req.route.name.clone(),
             candidate_version: candidate_release.version,
+            stable_version: req.route.stable.version,
+            shape: req.shape,
             score: candidate_score,
+            judge_reason,
             candidate_error: errored,
             noise: noise_score,
             request: if policy.scoring.redact_requests {
@@ -296,7 +311,7 @@ impl MirrorTask {
         }
         if let Some(scorer) = &policy.judge {
             let request = verdict::last_user_message(self.req.shape, &self.req.body);
-            for (subject, slot) in [(candidate, &mut out.judge.0), (second, &mut out.judge.1)] {
+            for (is_candidate, subject) in [(true, candidate), (false, second)] {
                 let Some(subject) = subject else { continue };
                 let subject_first = rand::random::<bool>();
                 let span = self.scorer_span(ScorerKind::Judge, &scorer.upstream, &scorer.cfg.model);
@@ -325,7 +340,18 @@ impl MirrorTask {
                         judged.usage.completion_tokens,
                         scorer.cfg.prices,
                     );
-                    *slot = Some(judged.score());
+                    if is_candidate {
+                        out.judge.0 = Some(judged.score());
+                        // The reason names the answers by position: say which was which.
+                        let (a, b) = if judged.subject_was_a {
+                            ("candidate", "stable")
+                        } else {
+                            ("stable", "candidate")
+                        };
+                        out.judge_reason = judged.reason.map(|r| format!("(A = {a}, B = {b}) {r}"));
+                    } else {
+                        out.judge.1 = Some(judged.score());
+                    }
                 }
             }
         }

@@ -117,6 +117,9 @@ impl MirrorTask {
         let sample = Sample {
             route: req.route.name.clone(),
             candidate_version: candidate_release.version,
+            stable_version: req.route.stable.version,
+            shape: req.shape,
+            judge_reason: None,
             score,
             candidate_error: errored,
             noise: scores.noise,

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::remote::{bounded, post_json, ScorerFailure};
 use crate::config::{ApiFlavor, JudgeConfig};
+use crate::domain::{cut, MAX_REASON_BYTES};
 use crate::observe::{ApiShape, Observer, Usage};
 use crate::state::RemoteScorer;
 use crate::upstream::UpstreamClient;
@@ -33,7 +34,7 @@ pub enum Verdict {
 
 /// The judge's decision on one pair, in terms of the subject (the candidate, or stable's second
 /// answer for the noise floor).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Judged {
     /// The judge preferred the reference.
     pub subject_lost: bool,
@@ -41,6 +42,10 @@ pub struct Judged {
     pub disagreed: bool,
     /// Tokens the judge spent on the pair.
     pub usage: Usage,
+    /// The judge's `reason` for its (first) verdict, cut to [`MAX_REASON_BYTES`], for review.
+    pub reason: Option<String>,
+    /// Whether the subject was answer A in that first order (the reason names A and B).
+    pub subject_was_a: bool,
 }
 
 impl Judged {
@@ -80,6 +85,21 @@ pub fn parse_verdict(text: &str) -> Option<Verdict> {
         "tie" => Some(Verdict::Tie),
         _ => None,
     }
+}
+
+/// The `reason` of the judge's JSON answer, when it gave one (cut to [`MAX_REASON_BYTES`]).
+pub fn parse_reason(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        reason: Option<String>,
+    }
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    let answer: Answer = serde_json::from_str(text.get(start..=end)?).ok()?;
+    answer
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| cut(r.trim(), MAX_REASON_BYTES))
 }
 
 /// The client's last user message (or the completions prompt), as text: what the judge is told
@@ -155,19 +175,19 @@ pub async fn judge(
         };
         let text = prompt(&scorer.cfg.rubric, request, a, b);
         async move {
-            let (verdict, spent) = ask_once(client, scorer, &text, timeout).await?;
+            let (verdict, spent, reason) = ask_once(client, scorer, &text, timeout).await?;
             let subject_won = match verdict {
                 Verdict::Tie => None,
                 Verdict::A => Some(subject_is_a),
                 Verdict::B => Some(!subject_is_a),
             };
-            Ok::<_, ScorerFailure>((subject_won, spent))
+            Ok::<_, ScorerFailure>((subject_won, spent, reason))
         }
     };
-    let (first, spent) = ask(subject_first).await?;
+    let (first, spent, reason) = ask(subject_first).await?;
     add(&mut usage, spent);
     let (winner, disagreed) = if both {
-        let (second, spent) = ask(!subject_first).await?;
+        let (second, spent, _) = ask(!subject_first).await?;
         add(&mut usage, spent);
         if first == second {
             (first, false)
@@ -181,6 +201,8 @@ pub async fn judge(
         subject_lost: winner == Some(false),
         disagreed,
         usage,
+        reason,
+        subject_was_a: subject_first,
     })
 }
 
@@ -199,7 +221,7 @@ async fn ask_once(
     scorer: &RemoteScorer<JudgeConfig>,
     text: &str,
     timeout: Duration,
-) -> Result<(Verdict, Usage), ScorerFailure> {
+) -> Result<(Verdict, Usage, Option<String>), ScorerFailure> {
     let model = &scorer.cfg.model;
     let (path, shape, extra, body) = match scorer.upstream.api {
         ApiFlavor::OpenAi => (
@@ -244,7 +266,7 @@ async fn ask_once(
     let spent = observation.usage;
     scorer.charge_tokens(spent.prompt_tokens.unwrap_or(0) + spent.completion_tokens.unwrap_or(0));
     let verdict = parse_verdict(&observation.text).ok_or(ScorerFailure::Unparseable)?;
-    Ok((verdict, spent))
+    Ok((verdict, spent, parse_reason(&observation.text)))
 }
 
 #[cfg(test)]
@@ -276,6 +298,13 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(parse_verdict(text), expected, "{text:?}");
         }
+        assert_eq!(parse_reason(cases[0].0).as_deref(), Some("kinder"));
+        assert_eq!(parse_reason(cases[1].0), None);
+        let long = format!(
+            "{{\"verdict\": \"A\", \"reason\": \"{}\"}}",
+            "r".repeat(5000)
+        );
+        assert_eq!(parse_reason(&long).map(|r| r.len()), Some(MAX_REASON_BYTES));
     }
 
     #[test]
@@ -305,6 +334,8 @@ mod tests {
             subject_lost,
             disagreed: false,
             usage: Usage::default(),
+            reason: None,
+            subject_was_a: true,
         };
         assert_eq!(j(true).score(), 0.0);
         assert_eq!(j(false).score(), 1.0);

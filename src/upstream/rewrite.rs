@@ -298,29 +298,19 @@ impl ModelRewriter {
     }
 
     fn push_sse(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let finder = &*MODEL_FINDER;
-        if self.carry.is_empty() && chunk.last() == Some(&b'\n') && finder.find(&chunk).is_none() {
-            return Some(chunk);
-        }
-        self.carry.extend_from_slice(&chunk);
-        let Some(end) = memchr::memrchr(b'\n', &self.carry) else {
-            if self.carry.len() > MAX_CARRY {
-                return Some(self.carry.split().freeze());
-            }
-            return None;
+        let complete = if self.carry.is_empty() && chunk.last() == Some(&b'\n') {
+            chunk
+        } else {
+            self.carry.extend_from_slice(&chunk);
+            let Some(end) = memchr::memrchr(b'\n', &self.carry) else {
+                if self.carry.len() > MAX_CARRY {
+                    return Some(self.carry.split().freeze());
+                }
+                return None;
+            };
+            self.carry.split_to(end + 1).freeze()
         };
-        let complete = self.carry.split_to(end + 1).freeze();
-        if finder.find(&complete).is_none() {
-            return Some(complete);
-        }
-        let mut out = Vec::with_capacity(complete.len() + 32);
-        for line in complete.split_inclusive(|b| *b == b'\n') {
-            // One output buffer for the whole chunk, no allocation per line.
-            if !splice_model_value(&mut out, line, &self.alias) {
-                out.extend_from_slice(line);
-            }
-        }
-        Some(Bytes::from(out))
+        Some(splice_lines(complete, &self.alias))
     }
 
     fn push_json(&mut self, chunk: Bytes) -> Option<Bytes> {
@@ -344,6 +334,35 @@ impl ModelRewriter {
 }
 
 const MODEL_KEY: &[u8] = b"\"model\"";
+
+/// Whole lines with, in each line that has one, the first complete `"model"` string value
+/// replaced by `alias`. One pass of the `"model"` finder over the text: a line without the key
+/// is never looked at again, and the text between the values replaced is copied in bulk (the
+/// same `Bytes`, uncopied, when there is nothing to replace).
+fn splice_lines(text: Bytes, alias: &[u8]) -> Bytes {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(pos) = MODEL_FINDER.find(&text[from..]) {
+        let key = from + pos;
+        let start = memchr::memrchr(b'\n', &text[from..key]).map_or(from, |i| from + i + 1);
+        let end = memchr::memchr(b'\n', &text[key..]).map_or(text.len(), |i| key + i + 1);
+        if let Some((value, value_end)) = find_model_value(&text[start..end]) {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(text.len() + 2 * alias.len()));
+            out.extend_from_slice(&text[copied..start + value]);
+            out.extend_from_slice(alias);
+            copied = start + value_end;
+        }
+        from = end;
+    }
+    match out {
+        None => text,
+        Some(mut out) => {
+            out.extend_from_slice(&text[copied..]);
+            Bytes::from(out)
+        }
+    }
+}
 
 /// `text` with the first complete `"model": "<string>"` value replaced by `alias` (a JSON
 /// string literal); None when there is no complete one.

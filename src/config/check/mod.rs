@@ -5,12 +5,14 @@
 //! - `server`: `[server]`, `[admin]`, `[store]` and `[log]`;
 //! - `upstreams`: `[upstreams.NAME]`, their base URL and CA file;
 //! - `routes`: `[routes.NAME]` and its tables: `stable` and `candidate` (the releases),
-//!   `shadow`, `scoring` and `rollback`.
+//!   `shadow`, `scoring` and `rollback`;
+//! - `rollout`: `[routes.NAME.rollout]`, the steps of an automatic rollout.
 //!
 //! This file holds the [`Checker`] itself, the walk of the root table, and the helpers the
 //! sections share: deserializing a section, reporting a problem at its key's line, checking
 //! a value against a rule.
 
+mod rollout;
 mod routes;
 mod server;
 mod upstreams;

@@ -83,6 +83,7 @@ impl<'a> Checker<'a> {
         let scoring = self.scoring(name, table.get("scoring"), upstreams);
         let checks = self.checks(name, table.get("checks"));
         let rollback = self.rollback(name, table.get("rollback"));
+        let rollout = self.rollout(name, table.get("rollout"), rollback.min_samples);
 
         let top = top?;
         let model = self.required_string(&["routes", name, "model"], top.model);
@@ -156,6 +157,7 @@ impl<'a> Checker<'a> {
             rollback,
             checks,
             index_retention,
+            rollout,
         })
     }
 

@@ -11,6 +11,8 @@
 //!   per route; stable and candidate must name existing releases of that route.
 //! - `events`: the append-only history of changes, numbered by an ever-increasing id and indexed
 //!   by (route, id).
+//! - `rollouts`: each route's automatic rollout (step, its clock, paused), one row per route,
+//!   replaced by each rollout transition; its candidate must name an existing release.
 //! - `samples`: each route's kept review samples per [`SampleList`], as opaque JSON documents
 //!   in order.
 //! - `indexes`: the vector indexes of embedding routes that stopped serving, keyed by (route,
@@ -164,8 +166,28 @@ pub struct EventRecord {
     pub reason: Option<String>,
 }
 
+/// Where a route's automatic rollout stands (`[routes.NAME.rollout]`): one row per route,
+/// replaced by each rollout transition. It concerns `candidate` only: once the route's
+/// candidate is another release (or none), the rollout of this one is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRecord {
+    /// The route.
+    pub route: String,
+    /// The candidate release the rollout walks.
+    pub candidate: u32,
+    /// Index of the current step in the configured steps (0 = the first).
+    pub step: u32,
+    /// The step's clock, unix ms: when the step began, moved later by the time spent paused,
+    /// so `now - step_since_ms` is the time the step has run.
+    pub step_since_ms: i64,
+    /// Set while paused: since when, unix ms.
+    pub paused_at_ms: Option<i64>,
+    /// Time of the last change, unix ms.
+    pub updated_at_ms: i64,
+}
+
 /// Everything one change writes, applied in ONE transaction (all or nothing), in this order:
-/// new releases, rollbacks, revivals, the route, the indexes, the events.
+/// new releases, rollbacks, revivals, the route, the rollout, the indexes, the events.
 #[derive(Debug, Clone, Default)]
 pub struct Transition {
     /// Inserted; (route, version) must be new.
@@ -177,6 +199,9 @@ pub struct Transition {
     /// Clears `rolled_back` of existing releases (explicit admin rollback *to* a rolled-back
     /// version).
     pub revived: Vec<ReleaseKey>,
+    /// Upserted (one row per route); its candidate must name an existing (or newly inserted)
+    /// release of the route.
+    pub rollout: Option<RolloutRecord>,
     /// Appended to the event log.
     pub events: Vec<EventRecord>,
     /// Upserted by (route, name): indexes that stopped serving or were dropped.
@@ -222,6 +247,8 @@ pub struct Loaded {
     pub releases: Vec<ReleaseRecord>,
     /// Every route's retired or dropped vector indexes, ordered by (route, name).
     pub indexes: Vec<IndexRecord>,
+    /// Every route's rollout row, ordered by route.
+    pub rollouts: Vec<RolloutRecord>,
 }
 
 /// Why a store operation failed. A failed operation has changed nothing.

@@ -9,7 +9,8 @@
 //!   `NOTIFY understudy_state`; a route's row carries a revision, and a commit only updates the
 //!   row at the revision this replica last read (else [`StoreError::Stale`]), so two replicas
 //!   never both apply a change computed from the same state (a rollback made on two replicas at
-//!   once lands once).
+//!   once lands once). A route's rollout row is part of its state: a change of the rollout
+//!   alone (pause, resume) raises the route's revision too.
 //! - A background session (`session.rs`) listens for the notifications (polling as well), holds
 //!   the judge's advisory lock when it can and writes this replica's heartbeat.
 //! - Review samples are kept per replica; the judge's samples are one stream for the fleet.
@@ -28,8 +29,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     EventRecord, Fleet, FleetSignal, IndexRecord, JudgeInput, JudgeSample, Loaded, ReleaseKey,
-    ReleaseRecord, ReplicaRecord, RolledBack, RouteRecord, SampleList, Store, StoreError,
-    Transition,
+    ReleaseRecord, ReplicaRecord, RolledBack, RolloutRecord, RouteRecord, SampleList, Store,
+    StoreError, Transition,
 };
 use crate::config::{parse_postgres_url, SslMode};
 use crate::domain::{Phase, Prices, Trigger, UnknownName};
@@ -126,6 +127,17 @@ CREATE TABLE replicas (
     state_version BIGINT  NOT NULL,
     leader        BOOLEAN NOT NULL,
     backend_pid   INTEGER NOT NULL
+);
+",
+    "
+CREATE TABLE rollouts (
+    route         TEXT    NOT NULL PRIMARY KEY,
+    candidate     INTEGER NOT NULL,
+    step          INTEGER NOT NULL CHECK (step >= 0),
+    step_since_ms BIGINT  NOT NULL,
+    paused_at_ms  BIGINT,
+    updated_at_ms BIGINT  NOT NULL,
+    FOREIGN KEY (route, candidate) REFERENCES releases (route, version)
 );
 ",
     // Embedding routes: each release's vector index, and the indexes that stopped serving
@@ -426,6 +438,8 @@ const SELECT_INDEXES: &str =
     "SELECT route, name, retained_until_ms, dropped_at_ms FROM indexes ORDER BY route, name";
 const SELECT_ROUTES: &str = "SELECT route, phase, share, stable, candidate, updated_at_ms, \
      revision FROM routes ORDER BY route";
+const SELECT_ROLLOUTS: &str = "SELECT route, candidate, step, step_since_ms, paused_at_ms, \
+     updated_at_ms FROM rollouts ORDER BY route";
 
 /// What one load read: the state, each route's revision and the state version.
 struct Read {
@@ -470,6 +484,21 @@ async fn read_all(pool: Pool) -> Result<Read, StoreError> {
     for row in tx.query(SELECT_RELEASES, &[]).await.map_err(db)? {
         releases.push(release_from_row(&row)?);
     }
+    let mut rollouts = Vec::new();
+    for row in tx.query(SELECT_ROLLOUTS, &[]).await.map_err(db)? {
+        let route: String = row.get(0);
+        let step: i32 = row.get(2);
+        rollouts.push(RolloutRecord {
+            candidate: uint(row.get(1), &route)?,
+            step: u32::try_from(step).map_err(|_| {
+                StoreError::Corrupt(format!("rollout of {route}: negative step {step}"))
+            })?,
+            step_since_ms: row.get(3),
+            paused_at_ms: row.get(4),
+            updated_at_ms: row.get(5),
+            route,
+        });
+    }
     let mut indexes = Vec::new();
     for row in tx.query(SELECT_INDEXES, &[]).await.map_err(db)? {
         indexes.push(IndexRecord {
@@ -485,6 +514,7 @@ async fn read_all(pool: Pool) -> Result<Read, StoreError> {
             routes,
             releases,
             indexes,
+            rollouts,
         },
         revisions,
         version,
@@ -615,6 +645,41 @@ async fn write(
         };
         revision = Some(row.get::<_, i64>(0));
     }
+    if let Some(r) = &t.rollout {
+        if t.route.is_none() {
+            // A rollout change alone (pause, resume) is still a change of the route's state:
+            // it too applies only on top of the revision this replica read, and raises it.
+            let row = tx
+                .query_opt(
+                    "UPDATE routes SET revision = revision + 1 \
+                     WHERE route = $1 AND revision = $2 RETURNING revision",
+                    &[&r.route, &expected.unwrap_or(-1)],
+                )
+                .await
+                .map_err(db)?;
+            let Some(row) = row else {
+                return Err(stale(&r.route));
+            };
+            revision = Some(row.get::<_, i64>(0));
+        }
+        tx.execute(
+            "INSERT INTO rollouts (route, candidate, step, step_since_ms, paused_at_ms, \
+             updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (route) DO UPDATE SET candidate = excluded.candidate, \
+             step = excluded.step, step_since_ms = excluded.step_since_ms, \
+             paused_at_ms = excluded.paused_at_ms, updated_at_ms = excluded.updated_at_ms",
+            &[
+                &r.route,
+                &int(r.candidate),
+                &i32::try_from(r.step).unwrap_or(i32::MAX),
+                &r.step_since_ms,
+                &r.paused_at_ms,
+                &r.updated_at_ms,
+            ],
+        )
+        .await
+        .map_err(db)?;
+    }
     for i in &t.indexes {
         tx.execute(
             "INSERT INTO indexes (route, name, retained_until_ms, dropped_at_ms) \
@@ -691,7 +756,11 @@ impl Store for PgStore {
     }
 
     fn commit(&mut self, t: &Transition) -> Result<(), StoreError> {
-        let route = t.route.as_ref().map(|r| r.route.clone());
+        let route = t
+            .route
+            .as_ref()
+            .map(|r| r.route.clone())
+            .or_else(|| t.rollout.as_ref().map(|r| r.route.clone()));
         let expected = route.as_ref().and_then(|r| self.revisions.get(r).copied());
         let owned = t.clone();
         let (revision, version) = self.block(move |pool| write(pool, owned, expected))?;

@@ -16,8 +16,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
 
 use super::{
-    EventRecord, IndexRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RouteRecord,
-    SampleList, Store, StoreError, Transition,
+    EventRecord, IndexRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RolloutRecord,
+    RouteRecord, SampleList, Store, StoreError, Transition,
 };
 use crate::domain::{Phase, Prices, Trigger, UnknownName};
 
@@ -74,6 +74,17 @@ CREATE TABLE samples (
     PRIMARY KEY (route, kind, position)
 ) STRICT;
 ",
+    "
+CREATE TABLE rollouts (
+    route         TEXT    NOT NULL PRIMARY KEY,
+    candidate     INTEGER NOT NULL,
+    step          INTEGER NOT NULL CHECK (step >= 0),
+    step_since_ms INTEGER NOT NULL,
+    paused_at_ms  INTEGER,
+    updated_at_ms INTEGER NOT NULL,
+    FOREIGN KEY (route, candidate) REFERENCES releases (route, version)
+) STRICT;
+",
     // Embedding routes: each release's vector index, and the indexes that stopped serving
     // (their retention and whether an operator dropped them).
     "
@@ -107,6 +118,13 @@ const UPSERT_ROUTE: &str = "INSERT INTO routes (route, phase, share, stable, can
      updated_at_ms = excluded.updated_at_ms";
 const SELECT_ROUTES: &str =
     "SELECT route, phase, share, stable, candidate, updated_at_ms FROM routes ORDER BY route";
+const UPSERT_ROLLOUT: &str = "INSERT INTO rollouts (route, candidate, step, step_since_ms, \
+     paused_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (route) DO UPDATE SET candidate = excluded.candidate, step = excluded.step, \
+     step_since_ms = excluded.step_since_ms, paused_at_ms = excluded.paused_at_ms, \
+     updated_at_ms = excluded.updated_at_ms";
+const SELECT_ROLLOUTS: &str = "SELECT route, candidate, step, step_since_ms, paused_at_ms, \
+     updated_at_ms FROM rollouts ORDER BY route";
 const INSERT_EVENT: &str = "INSERT INTO events (route, at_ms, kind, from_version, to_version, \
      phase, share, triggered_by, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const SELECT_EVENTS: &str = "SELECT id, route, at_ms, kind, from_version, to_version, phase, \
@@ -317,6 +335,19 @@ impl Store for SqliteStore {
         while let Some(row) = rows.next()? {
             releases.push(release_from_row(row)?);
         }
+        let mut rollouts = Vec::new();
+        let mut stmt = self.conn.prepare_cached(SELECT_ROLLOUTS)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            rollouts.push(RolloutRecord {
+                route: row.get(0)?,
+                candidate: row.get(1)?,
+                step: row.get(2)?,
+                step_since_ms: row.get(3)?,
+                paused_at_ms: row.get(4)?,
+                updated_at_ms: row.get(5)?,
+            });
+        }
         let mut indexes = Vec::new();
         let mut stmt = self.conn.prepare_cached(SELECT_INDEXES)?;
         let mut rows = stmt.query([])?;
@@ -332,6 +363,7 @@ impl Store for SqliteStore {
             routes,
             releases,
             indexes,
+            rollouts,
         })
     }
 
@@ -368,6 +400,16 @@ impl Store for SqliteStore {
                 r.share,
                 r.stable,
                 r.candidate,
+                r.updated_at_ms
+            ])?;
+        }
+        if let Some(r) = &t.rollout {
+            tx.prepare_cached(UPSERT_ROLLOUT)?.execute(params![
+                r.route,
+                r.candidate,
+                r.step,
+                r.step_since_ms,
+                r.paused_at_ms,
                 r.updated_at_ms
             ])?;
         }

@@ -152,6 +152,7 @@ fn open_creates_file_and_schema_in_nested_directory() {
             "events",
             "indexes",
             "releases",
+            "rollouts",
             "routes",
             "samples",
             "sqlite_sequence"
@@ -188,7 +189,7 @@ fn commit_then_load_round_trips() {
     let mut expected = Loaded {
         routes: vec![route_state("bot", 1, Some(2))],
         releases: t.new_releases.clone(),
-        indexes: Vec::new(),
+        ..Loaded::default()
     };
     assert_eq!(store.load().unwrap(), expected);
 
@@ -277,6 +278,7 @@ fn rejected_transition_applies_nothing() {
                 route: Some(nan_share),
                 events: vec![event("bot", "published", Some(3))],
                 indexes: Vec::new(),
+                rollout: None,
             },
             |e| matches!(e, StoreError::Sql(_)),
         ),
@@ -646,6 +648,84 @@ fn a_removed_or_replaced_file_is_noticed_before_any_write() {
         base().route.into_iter().collect::<Vec<_>>()
     );
     store.commit(&later).unwrap();
+}
+
+#[test]
+fn rollouts_round_trip_replace_and_name_existing_releases() {
+    let (_dir, mut store) = open_temp();
+    store.commit(&base()).unwrap();
+    let mut r = RolloutRecord {
+        route: "bot".into(),
+        candidate: 2,
+        step: 0,
+        step_since_ms: 1_000,
+        paused_at_ms: None,
+        updated_at_ms: 1_000,
+    };
+    store
+        .commit(&Transition {
+            rollout: Some(r.clone()),
+            ..Transition::default()
+        })
+        .unwrap();
+    assert_eq!(store.load().unwrap().rollouts, vec![r.clone()]);
+    // The next step, paused: the row is replaced, not added.
+    r.step = 3;
+    r.step_since_ms = 5_000;
+    r.paused_at_ms = Some(6_000);
+    r.updated_at_ms = 6_000;
+    store
+        .commit(&Transition {
+            rollout: Some(r.clone()),
+            ..Transition::default()
+        })
+        .unwrap();
+    assert_eq!(store.load().unwrap().rollouts, vec![r.clone()]);
+    // A rollout of a release the route never had is refused, and nothing of it is written.
+    let missing = RolloutRecord {
+        candidate: 9,
+        ..r.clone()
+    };
+    let err = store
+        .commit(&Transition {
+            rollout: Some(missing),
+            events: vec![event("bot", "rollout_step", Some(9))],
+            ..Transition::default()
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Sql(_)), "{err:?}");
+    assert_eq!(store.load().unwrap().rollouts, vec![r]);
+    assert_eq!(store.events("bot", 10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_version_1_file_gains_the_rollouts_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.pragma_update(None, "user_version", 1).unwrap();
+        tx.commit().unwrap();
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    store.commit(&base()).unwrap();
+    let r = RolloutRecord {
+        route: "bot".into(),
+        candidate: 2,
+        step: 1,
+        step_since_ms: 7,
+        paused_at_ms: None,
+        updated_at_ms: 7,
+    };
+    store
+        .commit(&Transition {
+            rollout: Some(r.clone()),
+            ..Transition::default()
+        })
+        .unwrap();
+    assert_eq!(store.load().unwrap().rollouts, vec![r]);
 }
 
 #[test]
