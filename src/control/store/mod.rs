@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::domain::{EventKind, Phase, Prices, ReleaseSpec, Trigger};
+use crate::domain::{EventKind, Phase, Prices, ReleaseSpec, Trigger, UnknownName};
 
 mod fleet;
 mod postgres;
@@ -354,4 +354,25 @@ pub trait Store: Send {
     fn fleet(&mut self) -> Option<&mut dyn Fleet> {
         None
     }
+}
+
+/// Turns "no row updated" into an error: a change may only mark releases that exist.
+fn existing(changed: u64, key: &ReleaseKey) -> Result<(), StoreError> {
+    if changed == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "no release {}#{} to update",
+            key.route, key.version
+        )));
+    }
+    Ok(())
+}
+
+/// A stored name read back as its enum: the one conversion from the store (`as_str` is the one
+/// conversion to it). An unknown name is a corrupt row, named by `row`.
+fn name<T: std::str::FromStr<Err = UnknownName>>(
+    text: &str,
+    row: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|e: UnknownName| StoreError::Corrupt(format!("{}: {e}", row())))
 }

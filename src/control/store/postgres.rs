@@ -28,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    EventRecord, Fleet, FleetSignal, IndexRecord, JudgeInput, JudgeSample, Loaded, ReleaseKey,
+    existing, name, EventRecord, Fleet, FleetSignal, IndexRecord, JudgeInput, JudgeSample, Loaded,
     ReleaseRecord, ReplicaRecord, RolledBack, RolloutRecord, RouteRecord, SampleList, Store,
     StoreError, Transition,
 };
 use crate::config::{parse_postgres_url, SslMode};
-use crate::domain::{Phase, Prices, Trigger, UnknownName};
+use crate::domain::{Phase, Prices, Trigger};
 
 mod session;
 mod tls;
@@ -1120,24 +1120,4 @@ fn release_from_row(row: &Row) -> Result<ReleaseRecord, StoreError> {
         route,
         version,
     })
-}
-
-/// Turns "no row updated" into an error: a change may only mark releases that exist.
-fn existing(changed: u64, key: &ReleaseKey) -> Result<(), StoreError> {
-    if changed == 0 {
-        return Err(StoreError::Corrupt(format!(
-            "no release {}#{} to update",
-            key.route, key.version
-        )));
-    }
-    Ok(())
-}
-
-/// A stored name read back as its enum; an unknown name is a corrupt row, named by `row`.
-fn name<T: std::str::FromStr<Err = UnknownName>>(
-    text: &str,
-    row: impl FnOnce() -> String,
-) -> Result<T, StoreError> {
-    text.parse()
-        .map_err(|e: UnknownName| StoreError::Corrupt(format!("{}: {e}", row())))
 }

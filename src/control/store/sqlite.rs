@@ -16,10 +16,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
 
 use super::{
-    EventRecord, IndexRecord, Loaded, ReleaseKey, ReleaseRecord, RolledBack, RolloutRecord,
+    existing, name, EventRecord, IndexRecord, Loaded, ReleaseRecord, RolledBack, RolloutRecord,
     RouteRecord, SampleList, Store, StoreError, Transition,
 };
-use crate::domain::{Phase, Prices, Trigger, UnknownName};
+use crate::domain::{Phase, Prices, Trigger};
 
 /// The schema, as steps: step `i` takes `user_version` from `i` to `i + 1`. Append, never edit.
 const MIGRATIONS: &[&str] = &[
@@ -384,13 +384,13 @@ impl Store for SqliteStore {
                     r.trigger.as_str(),
                     r.reason
                 ])?;
-                existing(changed, key)?;
+                existing(changed as u64, key)?;
             }
         }
         {
             let mut stmt = tx.prepare_cached(CLEAR_ROLLED_BACK)?;
             for key in &t.revived {
-                existing(stmt.execute(params![key.route, key.version])?, key)?;
+                existing(stmt.execute(params![key.route, key.version])? as u64, key)?;
             }
         }
         if let Some(r) = &t.route {
@@ -536,27 +536,6 @@ fn insert_releases(tx: &Transaction<'_>, releases: &[ReleaseRecord]) -> Result<(
         }
     }
     Ok(())
-}
-
-/// Turns "no row updated" into an error: a change may only mark releases that exist.
-fn existing(changed: usize, key: &ReleaseKey) -> Result<(), StoreError> {
-    if changed == 0 {
-        return Err(StoreError::Corrupt(format!(
-            "no release {}#{} to update",
-            key.route, key.version
-        )));
-    }
-    Ok(())
-}
-
-/// A stored name read back as its enum: the one conversion from the store (`as_str` is the one
-/// conversion to it). An unknown name is a corrupt row, named by `row`.
-fn name<T: std::str::FromStr<Err = UnknownName>>(
-    text: &str,
-    row: impl FnOnce() -> String,
-) -> Result<T, StoreError> {
-    text.parse()
-        .map_err(|e: UnknownName| StoreError::Corrupt(format!("{}: {e}", row())))
 }
 
 fn release_from_row(row: &Row<'_>) -> Result<ReleaseRecord, StoreError> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::control::store::ReleaseKey;
 use crate::domain::{EventKind, Phase, Trigger};
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader, Write};
