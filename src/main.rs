@@ -10,6 +10,8 @@ use understudy::{
 };
 
 /// mimalloc: glibc's malloc/free was 8 % of the proxy's CPU under load (benches/README.md).
+/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

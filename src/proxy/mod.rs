@@ -42,7 +42,7 @@ use crate::state::{Release, Route, Upstream};
 use crate::telemetry::{LlmSpan, Telemetry};
 use crate::upstream::{
     bad_uri, build_request, number_header, outbound_headers, rewrite_request, strip_hop_by_hop,
-    ModelRewriter, RequestBody, UpstreamClient, ROUTE_HEADER,
+    ModelRewriter, RequestBody, UpstreamBody, UpstreamClient, ROUTE_HEADER,
 };
 
 mod error;
@@ -348,7 +348,7 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         Ok(self
             .client
             .send(upstream, req, self.limits.upstream_timeout)
@@ -357,7 +357,7 @@ impl Proxy {
 
     /// Phase 7: the client's response: hop-by-hop headers out, the proxy's headers in, the body
     /// relayed through the model rewriter and the observer.
-    fn response_filter(&self, ctx: &mut Ctx, resp: Response<Incoming>) -> Response<Body> {
+    fn response_filter(&self, ctx: &mut Ctx, resp: Response<UpstreamBody>) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let sse = parts

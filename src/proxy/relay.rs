@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
@@ -20,7 +19,7 @@ use crate::metrics::{Metrics, RequestRecord, NO_RELEASE, UNROUTED};
 use crate::observe::{Failure, Observation, Observer};
 use crate::state::{Release, Route};
 use crate::telemetry::LlmSpan;
-use crate::upstream::ModelRewriter;
+use crate::upstream::{ModelRewriter, UpstreamBody};
 
 /// Who the finished request is reported to.
 pub struct Completion {
@@ -42,7 +41,7 @@ pub struct Completion {
 
 /// The body of a response relayed from an upstream.
 pub struct RelayBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     rewriter: Option<ModelRewriter>,
     observer: Option<Observer>,
     idle: Pin<Box<Sleep>>,
@@ -71,7 +70,7 @@ pub struct IdleTimeout(Duration);
 
 impl RelayBody {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         rewriter: Option<ModelRewriter>,
         observer: Option<Observer>,
         idle_timeout: Duration,
@@ -239,7 +238,8 @@ impl HttpBody for RelayBody {
             let polled = Pin::new(&mut this.inner).poll_frame(cx);
             let frame = match polled {
                 Poll::Pending if !this.batch.is_empty() => {
-                    if this.yields < YIELDS {
+                    // A body that drives its own connection has read everything there was.
+                    if this.yields < YIELDS && !this.inner.drives_connection() {
                         this.yields += 1;
                         cx.waker().wake_by_ref();
                         return Poll::Pending;

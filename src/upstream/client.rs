@@ -1,20 +1,28 @@
-//! The pooled upstream client (HTTP/1.1 and HTTP/2, `http://` and `https://` through rustls)
-//! and the deadline for the upstream's response head. TLS trusts the webpki roots and the
-//! configured `ca_file` certificates.
+//! The upstream client and the deadline for the upstream's response head. `http://` upstreams
+//! go through this worker's own HTTP/1.1 pool, whose connections are driven by the requests that
+//! use them (`pool.rs`); `https://` upstreams through hyper-util's pool (HTTP/1.1, or HTTP/2 when
+//! the upstream offers it by ALPN) over rustls, trusting the webpki roots and the configured
+//! `ca_file` certificates.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
+use super::pool::{Pool, UpstreamBody};
 use crate::domain::Body;
 use crate::state::Upstream;
+
+/// How long an upstream connection may stay idle in a pool before it is closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle connections kept per upstream (per worker).
+const POOL_MAX_IDLE: usize = 1024;
 
 /// Why the upstream gave no response head. Messages name the upstream, never its URL (which
 /// could carry credentials).
@@ -53,10 +61,13 @@ pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<ClientConfi
         .with_no_client_auth())
 }
 
-/// The shared upstream client. Cloning is cheap and shares the connection pool.
+/// The upstream client. Cloning is cheap and shares the connection pools.
 #[derive(Clone)]
 pub struct UpstreamClient {
+    /// `https://` upstreams.
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    /// `http://` upstreams.
+    plain: Arc<Pool>,
 }
 
 impl UpstreamClient {
@@ -73,10 +84,13 @@ impl UpstreamClient {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
             .build(https);
-        UpstreamClient { client }
+        UpstreamClient {
+            client,
+            plain: Pool::new(connect_timeout, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE),
+        }
     }
 
     /// Sends `req` and waits at most `timeout` for the response head.
@@ -85,17 +99,45 @@ impl UpstreamClient {
         upstream: &Upstream,
         req: Request<Body>,
         timeout: Duration,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let sent = async {
+            if upstream.scheme == http::uri::Scheme::HTTP {
+                self.plain
+                    .send(&upstream.authority, req)
+                    .await
+                    .map_err(|e| describe_plain(&e))
+            } else {
+                match self.client.request(req).await {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::pooled)),
+                    Err(e) => Err(describe(&e)),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(UpstreamError::Connect {
+            Ok(Err(reason)) => Err(UpstreamError::Connect {
                 upstream: upstream.name.clone(),
-                reason: describe(&e),
+                reason,
             }),
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: upstream.name.clone(),
                 secs: timeout.as_secs(),
             }),
+        }
+    }
+}
+
+/// A short cause for a plain-HTTP pool's error.
+fn describe_plain(e: &super::pool::PoolError) -> String {
+    use std::error::Error;
+    match e {
+        super::pool::PoolError::Connect(_) => e.to_string(),
+        super::pool::PoolError::Http(h) => {
+            let mut cause: &dyn Error = h;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            cause.to_string()
         }
     }
 }

@@ -1,0 +1,369 @@
+//! Plain-HTTP upstream connections (HTTP/1.1), pooled per worker and driven by the request that
+//! holds them.
+//!
+//! hyper's pooled client gives every connection a task of its own: each response frame is read
+//! by that task, handed over a channel and picked up by the client connection's task one turn of
+//! the worker's queue later, and every request spawns one more task to put the connection back
+//! when it is ready again. Here a connection has no task: the request that checked it out polls
+//! it while it waits for the response head ([`Pool::send`]), and the response body polls it while
+//! it is read ([`UpstreamBody`]), so the upstream's bytes are read exactly when the proxy can
+//! pass them on, by the task that passes them on. When the body has been read to its end the
+//! connection goes back to the pool; a body dropped before its end closes it (what is left of
+//! that response would otherwise be read as the next one).
+//!
+//! An idle connection is polled by nobody: one the upstream closed meanwhile is found out at
+//! checkout (one poll sees its end), and a request the connection could not take (closed as it
+//! was sent, before any byte went out) is sent again once on a new connection, as hyper-util's
+//! pool does. Connections idle longer than the idle timeout are closed when met.
+//!
+//! A pool belongs to one worker: its sockets are registered with that worker's runtime, and only
+//! that runtime's tasks use them.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::domain::Body;
+
+type Io = TokioIo<TcpStream>;
+
+/// Why a request got no response head from a plain-HTTP upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("connect failed ({0})")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// One upstream connection: its sending half and the connection itself, which makes progress
+/// only while it is polled.
+struct Leg {
+    tx: http1::SendRequest<Body>,
+    /// None once the connection has ended.
+    conn: Option<http1::Connection<Io, Body>>,
+}
+
+impl Leg {
+    /// Polls the connection once: reads what the upstream sent, writes what is queued. False
+    /// once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.conn {
+            Some(conn) => match Pin::new(conn).poll(cx) {
+                Poll::Pending => true,
+                Poll::Ready(_) => {
+                    self.conn = None;
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// Whether the connection can take a request now (polled once, so an end the upstream
+    /// announced is seen).
+    fn reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.drive(&mut cx) && self.tx.is_ready()
+    }
+
+    /// Sends `req` and drives the connection until the response head (or its failure). The
+    /// request comes back with the error when none of it was written.
+    async fn round_trip(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        let mut sent = pin!(self.tx.try_send_request(req));
+        let conn = &mut self.conn;
+        poll_fn(|cx| loop {
+            if let Poll::Ready(result) = sent.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            match conn {
+                Some(c) => match Pin::new(c).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // Ended: the request's callback now holds the reason; poll it again.
+                    Poll::Ready(_) => *conn = None,
+                },
+                // hyper answers every request of a connection that has ended.
+                None => return Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+struct Idle {
+    leg: Leg,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Idles {
+    by_authority: HashMap<Authority, VecDeque<Idle>>,
+    /// When every list was last cleared of expired connections.
+    swept: Option<Instant>,
+}
+
+/// Idle plain-HTTP connections by upstream authority.
+pub struct Pool {
+    idle: Mutex<Idles>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+impl Pool {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(Idles::default()),
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+        })
+    }
+
+    /// Sends `req` (absolute URI, `http` scheme) to `authority` and returns the response whose
+    /// body drives the connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &Authority,
+        mut req: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        origin_form(&mut req, authority);
+        let (mut leg, mut reused) = match self.checkout(authority) {
+            Some(leg) => (leg, true),
+            None => (self.connect(authority).await?, false),
+        };
+        loop {
+            match leg.round_trip(req).await {
+                Ok(resp) => {
+                    let checked = Checked {
+                        leg,
+                        pool: Arc::clone(self),
+                        authority: authority.clone(),
+                    };
+                    return Ok(resp.map(|inner| UpstreamBody {
+                        inner,
+                        leg: Some(checked),
+                    }));
+                }
+                Err(mut e) => match (reused, e.take_message()) {
+                    // The idle connection was closed under the request before any of it was
+                    // written: once more, on a new connection.
+                    (true, Some(again)) => {
+                        req = again;
+                        leg = self.connect(authority).await?;
+                        reused = false;
+                    }
+                    _ => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `authority` that can take a request.
+    fn checkout(&self, authority: &Authority) -> Option<Leg> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.by_authority.get_mut(authority)?;
+        while let Some(Idle { mut leg, since }) = list.pop_back() {
+            if since.elapsed() < self.idle_timeout && leg.reusable() {
+                return Some(leg);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Leg, PoolError> {
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(PoolError::Connect(e)),
+            Err(_) => {
+                return Err(PoolError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection timed out",
+                )))
+            }
+        };
+        stream.set_nodelay(true).map_err(PoolError::Connect)?;
+        let (tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        Ok(Leg {
+            tx,
+            conn: Some(conn),
+        })
+    }
+
+    /// Puts a connection whose response has been read to its end back, if it can take another.
+    fn put(&self, authority: Authority, mut leg: Leg) {
+        if !leg.reusable() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Now and then every upstream's expired connections are closed, so that one no request
+        // goes to any more does not keep its sockets.
+        if idle
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= self.idle_timeout / 2)
+        {
+            idle.swept = Some(now);
+            let timeout = self.idle_timeout;
+            idle.by_authority.retain(|_, list| {
+                list.retain(|i| now.duration_since(i.since) < timeout);
+                !list.is_empty()
+            });
+        }
+        let list = idle.by_authority.entry(authority).or_default();
+        while list
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout)
+        {
+            list.pop_front();
+        }
+        if list.len() >= self.max_idle {
+            list.pop_front();
+        }
+        list.push_back(Idle { leg, since: now });
+    }
+}
+
+/// The request as HTTP/1.1 sends it: the path and query in the request line, the authority in
+/// `Host` (its port only when not 80).
+fn origin_form(req: &mut Request<Body>, authority: &Authority) {
+    if !req.headers().contains_key(header::HOST) {
+        let host = match authority.port_u16() {
+            Some(80) | None => HeaderValue::from_str(authority.host()),
+            Some(_) => HeaderValue::from_str(authority.as_str()),
+        };
+        if let Ok(host) = host {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    *req.uri_mut() = path;
+}
+
+/// A connection checked out of its pool, going back when its response has been read.
+struct Checked {
+    leg: Leg,
+    pool: Arc<Pool>,
+    authority: Authority,
+}
+
+/// A response body from an upstream. From a plain-HTTP upstream it polls its own connection
+/// (see the module's documentation); from hyper-util's pool (HTTPS) it is that pool's body.
+pub struct UpstreamBody {
+    inner: Incoming,
+    /// The connection to drive; None for hyper-util's bodies and once it is back in the pool.
+    leg: Option<Checked>,
+}
+
+impl UpstreamBody {
+    /// A body whose connection a task of hyper-util's pool drives.
+    pub fn pooled(inner: Incoming) -> UpstreamBody {
+        UpstreamBody { inner, leg: None }
+    }
+
+    /// Whether a frame this body does not return yet is one the upstream has not sent: true when
+    /// it drives its own connection (a pending poll read the socket), false when the connection's
+    /// own task may hold frames not handed over yet.
+    pub fn drives_connection(&self) -> bool {
+        self.leg.is_some()
+    }
+
+    /// Read to its end: the connection goes back to its pool.
+    fn release(&mut self) {
+        if let Some(Checked {
+            leg,
+            pool,
+            authority,
+        }) = self.leg.take()
+        {
+            pool.put(authority, leg);
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    /// A frame the connection has already handed over, else the connection polled once (it hands
+    /// over at most one frame a poll) and the body looked at again.
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let mut driven = false;
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => {}
+                Poll::Ready(None) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if this.inner.is_end_stream() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.leg = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match &mut this.leg {
+                Some(checked) if !driven => {
+                    driven = true;
+                    checked.leg.drive(cx);
+                }
+                _ => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Read to its end without a last poll (a body of known length): still reusable.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
