@@ -68,7 +68,7 @@ pub mod hot_paths {
     pub use crate::config::RollbackConfig;
     pub use crate::control::Judge;
     pub use crate::observe::{
-        ApiShape, FinishReason, Observation, Observer, SseReader, StreamEnd, ToolCall,
+        ApiShape, FinishReason, Observation, Observer, SseEvent, SseReader, StreamEnd, ToolCall,
     };
     pub use crate::score::{
         finish, length, lexical, refusal, score, structure, Score, Weights, Windows,

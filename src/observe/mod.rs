@@ -25,7 +25,7 @@ mod sse;
 mod tests;
 mod types;
 
-pub use sse::{SseReader, StreamEnd};
+pub use sse::{SseEvent, SseReader, StreamEnd};
 pub use types::{ApiShape, Failure, FinishReason, Observation, ToolCall, Usage};
 
 /// Smallest bound on one SSE event, however small the observer's budget.
@@ -101,14 +101,13 @@ impl Observer {
     pub fn feed(&mut self, chunk: &[u8]) {
         match &mut self.input {
             Input::Stream(reader) => {
-                reader.feed(chunk);
-                while let Some(event) = reader.next_event() {
-                    if self.usage_only {
-                        self.out
-                            .event_outcome(self.shape, &event.event, &event.data);
-                    } else {
-                        self.out.event(self.shape, &event.event, &event.data);
-                    }
+                let (out, shape) = (&mut self.out, self.shape);
+                if self.usage_only {
+                    reader.feed_with(chunk, &mut |name, data| {
+                        out.event_outcome(shape, name, data)
+                    });
+                } else {
+                    reader.feed_with(chunk, &mut |name, data| out.event(shape, name, data));
                 }
             }
             Input::Body { bytes, limit, cut } => {

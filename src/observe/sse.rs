@@ -1,10 +1,25 @@
-//! The one Server-Sent Events parser: a bounded, incremental wrapper around
-//! [`sse_parse`] that also tells how the stream ended (closed cleanly or cut
-//! inside an event) and whether an event was dropped for being too large.
+//! The one Server-Sent Events reader: a bounded, incremental wrapper around [`sse_parse`] that
+//! also tells how the stream ended (closed cleanly or cut inside an event) and whether an event
+//! was dropped for being too large.
+//!
+//! The parser copies every event into owned strings, line by line. The reader spares it the
+//! events LLM APIs send by the thousand: in a stream with only LF line ends, a whole block of
+//! one `data:` line, optionally after one `event:` line, that begins where the parser is between
+//! events, is read in place (its UTF-8 checked) and handed over as borrowed strings. Every other
+//! block (comments, `id`, several `data` lines, a byte-order mark, an oversized event, invalid
+//! UTF-8) and every part of an event cut by a chunk boundary goes through the parser, and a stream
+//! that shows a CR goes through it whole from there; the two read every stream the same (tested
+//! against the parser alone on arbitrary input and splits).
 
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 
-use sse_parse::{Event, SseParser};
+use memchr::memchr;
+use memchr::memmem::Finder;
+use sse_parse::SseParser;
+
+/// The blank line that ends an event in a stream with LF line ends (built once).
+static EVENT_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
 
 /// How an event stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,19 +31,33 @@ pub enum StreamEnd {
     Partial,
 }
 
+/// One event: its type (`"message"` when the stream did not name it) and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
 /// Incremental SSE reader holding at most `max_event_bytes` of the event
 /// being assembled, plus the chunk being fed.
 ///
-/// Feed chunks as they arrive, drain [`next_event`](Self::next_event) after
-/// each one, and call [`finish`](Self::finish) at the end of the body. Chunk
-/// boundaries never change the events read.
+/// Feed chunks as they arrive ([`feed_with`](Self::feed_with), or
+/// [`feed`](Self::feed) and drain [`next_event`](Self::next_event)), and call
+/// [`finish`](Self::finish) at the end of the body. Chunk boundaries never
+/// change the events read.
 #[derive(Debug)]
 pub struct SseReader {
     parser: SseParser,
-    /// Events set aside by `finish` so that its end-of-stream probe cannot be
-    /// mistaken for them.
-    set_aside: VecDeque<Event>,
+    max_event_bytes: usize,
+    /// Events read by `feed` and not taken yet.
+    queue: VecDeque<SseEvent>,
     end: Option<StreamEnd>,
+    /// Whole events may be read in place: no CR (and no byte-order mark) seen so far.
+    in_place: bool,
+    /// The parser holds no part of an event: the bytes it was fed end where an event ends.
+    between: bool,
+    /// The last byte of the stream so far (what the parser was last fed when not `between`).
+    last: Option<u8>,
 }
 
 impl SseReader {
@@ -37,25 +66,82 @@ impl SseReader {
     pub fn new(max_event_bytes: usize) -> Self {
         SseReader {
             parser: SseParser::new().max_buffer(max_event_bytes),
-            set_aside: VecDeque::new(),
+            max_event_bytes,
+            queue: VecDeque::new(),
             end: None,
+            in_place: true,
+            between: true,
+            last: None,
         }
     }
 
-    /// Feeds the next chunk of the body. Chunks fed after
-    /// [`finish`](Self::finish) are ignored.
+    /// Feeds the next chunk of the body and hands each event it completes to `on_event`
+    /// (type, data), in stream order. Chunks fed after [`finish`](Self::finish) are ignored.
+    pub fn feed_with(&mut self, chunk: &[u8], on_event: &mut impl FnMut(&str, &str)) {
+        if self.end.is_some() || chunk.is_empty() {
+            return;
+        }
+        if self.in_place {
+            let starts = self.last.is_none() && chunk[0] == 0xEF;
+            if starts || memchr(b'\r', chunk).is_some() {
+                self.in_place = false;
+            } else if self.last.is_none() {
+                // The parser strips a byte-order mark only at the start of the stream: the
+                // blocks read in place would leave it believing it is still there.
+                self.parser.feed(b"\n");
+            }
+        }
+        let mut rest = chunk;
+        if !self.in_place {
+            self.parse(rest, on_event);
+            self.last = chunk.last().copied();
+            return;
+        }
+        if !self.between {
+            // The parser holds the start of an event: it gets everything up to its end.
+            let end = if self.last == Some(b'\n') && rest[0] == b'\n' {
+                Some(1)
+            } else {
+                EVENT_END.find(rest).map(|i| i + 2)
+            };
+            let Some(end) = end else {
+                self.parse(rest, on_event);
+                self.last = chunk.last().copied();
+                return;
+            };
+            self.parse(&rest[..end], on_event);
+            rest = &rest[end..];
+            self.between = true;
+        }
+        while let Some(i) = EVENT_END.find(rest) {
+            if !self.in_place_event(&rest[..i], on_event) {
+                self.parse(&rest[..i + 2], on_event);
+            }
+            rest = &rest[i + 2..];
+        }
+        if !rest.is_empty() {
+            self.parse(rest, on_event);
+            self.between = false;
+        }
+        self.last = chunk.last().copied();
+    }
+
+    /// Feeds the next chunk of the body; its events wait for
+    /// [`next_event`](Self::next_event).
     pub fn feed(&mut self, chunk: &[u8]) {
-        if self.end.is_none() {
-            self.parser.feed(chunk);
-        }
+        let mut queue = std::mem::take(&mut self.queue);
+        self.feed_with(chunk, &mut |event, data| {
+            queue.push_back(SseEvent {
+                event: event.to_owned(),
+                data: data.to_owned(),
+            })
+        });
+        self.queue = queue;
     }
 
-    /// The next complete event, in stream order. Its `event` field is
-    /// `"message"` when the stream did not name it.
-    pub fn next_event(&mut self) -> Option<Event> {
-        self.set_aside
-            .pop_front()
-            .or_else(|| self.parser.next_event())
+    /// The next event [`feed`](Self::feed) read, in stream order.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        self.queue.pop_front()
     }
 
     /// Whether an event larger than the bound has been dropped so far.
@@ -71,13 +157,11 @@ impl SseReader {
         if let Some(end) = self.end {
             return end;
         }
-        self.set_aside
-            .extend(std::iter::from_fn(|| self.parser.next_event()));
-        // Probe with two line breaks: the first ends an unterminated line
-        // (or is swallowed as the LF of a CRLF, or is itself the blank line),
-        // so the second at the latest closes an open event, dispatching it
-        // if it holds data. An event that only overflows the bound once its
-        // last line is decoded was open too.
+        // Every event the parser completed was handed over when it was fed. Probe with two line
+        // breaks: the first ends an unterminated line (or is swallowed as the LF of a CRLF, or is
+        // itself the blank line), so the second at the latest closes an open event, dispatching
+        // it if it holds data. An event that only overflows the bound once its last line is
+        // decoded was open too.
         let overflows = self.parser.overflows();
         self.parser.feed(b"\n\n");
         let cut = self.parser.next_event().is_some() || self.parser.overflows() > overflows;
@@ -90,6 +174,61 @@ impl SseReader {
         self.end = Some(end);
         end
     }
+
+    /// Feeds `bytes` to the parser and hands over the events it completes.
+    fn parse(&mut self, bytes: &[u8], on_event: &mut impl FnMut(&str, &str)) {
+        self.parser.feed(bytes);
+        while let Some(event) = self.parser.next_event() {
+            on_event(&event.event, &event.data);
+        }
+    }
+
+    /// Reads `block` (an event's lines, LF-separated, without the blank line that ends it) in
+    /// place when it is one `data` line, optionally after one `event` line, within the bound and
+    /// valid UTF-8; false (nothing read) otherwise.
+    fn in_place_event(&mut self, block: &[u8], on_event: &mut impl FnMut(&str, &str)) -> bool {
+        if block.len() > self.max_event_bytes {
+            return false;
+        }
+        let (name, data) = match memchr(b'\n', block) {
+            None => (None, block),
+            Some(j) => match field(&block[..j], b"event") {
+                Some(name) => (Some(name), &block[j + 1..]),
+                None => return false,
+            },
+        };
+        if memchr(b'\n', data).is_some() {
+            return false;
+        }
+        let Some(data) = field(data, b"data") else {
+            return false;
+        };
+        let name = match name {
+            None | Some(b"") => "message",
+            Some(name) => match std::str::from_utf8(name) {
+                Ok(name) => name,
+                Err(_) => return false,
+            },
+        };
+        match std::str::from_utf8(data) {
+            Ok(data) => {
+                on_event(name, data);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The value of `line` when it is the field `name` (`name`, or `name:` and the value, one
+/// leading space dropped).
+fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(name)?;
+    if rest.is_empty() {
+        return Some(rest);
+    }
+    let value = rest.strip_prefix(b":")?;
+    Some(value.strip_prefix(b" ").unwrap_or(value))
 }
 
 #[cfg(test)]
@@ -248,6 +387,101 @@ mod tests {
             .map(|e| e.data)
             .collect();
         assert_eq!(rest, ["a", "b"]);
+    }
+
+    /// What the parser alone reads from `input` (the reader before it read events in place):
+    /// the events, how the stream ended and whether an event was dropped.
+    fn parser_alone(input: &[u8], max: usize) -> (Events, StreamEnd, bool) {
+        let mut parser = SseParser::new().max_buffer(max);
+        parser.feed(input);
+        let mut events = Vec::new();
+        while let Some(e) = parser.next_event() {
+            events.push((e.event, e.data));
+        }
+        let overflows = parser.overflows();
+        parser.feed(b"\n\n");
+        let cut = parser.next_event().is_some() || parser.overflows() > overflows;
+        let end = if cut {
+            StreamEnd::Partial
+        } else {
+            StreamEnd::Clean
+        };
+        (events, end, parser.overflows() > 0)
+    }
+
+    /// Reads `input` cut at the given offsets.
+    fn read_split(input: &[u8], cuts: &[usize], max: usize) -> (Events, StreamEnd, bool) {
+        let mut reader = SseReader::new(max);
+        let mut events = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&input.len())) {
+            let to = to.clamp(from, input.len());
+            reader.feed_with(&input[from..to], &mut |e, d| {
+                events.push((e.to_owned(), d.to_owned()))
+            });
+            from = to;
+        }
+        let end = reader.finish();
+        (events, end, reader.dropped_oversized())
+    }
+
+    #[test]
+    fn reads_as_the_parser_alone_whatever_the_input_and_splits() {
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Pieces LLM streams and broken ones are made of, most of them whole events.
+        const PIECES: &[&[u8]] = &[
+            b"data: {\"a\":1}\n\n",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            b"event: message_delta\ndata: {\"type\":\"x\"}\n\n",
+            b"event:\ndata:x\n\n",
+            b"data: [DONE]\n\n",
+            b"data:\n\n",
+            b"data\n\n",
+            b"data: one\ndata: two\n\n",
+            b": keep-alive\n\n",
+            b"id: 7\ndata: x\n\n",
+            b"retry: 10\n\n",
+            b"event: only\n\n",
+            b"data: \xff\xfe bad utf8\n\n",
+            b"data: \xc3\xa9 \xe6\xbc\xa2\n\n",
+            b"data: a\r\n\r\n",
+            b"\xef\xbb\xbfdata: bom\n\n",
+            b"\n",
+            b"data: cut",
+            b"event: x\n",
+            b"data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n\n",
+        ];
+        for round in 0..3000 {
+            let n = (next() % 8) as usize;
+            let mut input = Vec::new();
+            for _ in 0..n {
+                let piece = PIECES[(next() % PIECES.len() as u64) as usize];
+                // Now and then a piece is cut short, or a raw byte slips in.
+                match next() % 10 {
+                    0 => input.extend_from_slice(&piece[..(next() as usize) % piece.len()]),
+                    1 => input.push(b"\n\r:d \xef"[(next() % 6) as usize]),
+                    _ => input.extend_from_slice(piece),
+                }
+            }
+            let max = if round % 3 == 0 { 40 } else { 1 << 16 };
+            let expected = parser_alone(&input, max);
+            let mut cuts: Vec<usize> = (0..(next() % 5))
+                .map(|_| (next() as usize) % (input.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(
+                read_split(&input, &cuts, max),
+                expected,
+                "{:?} cut at {cuts:?}, bound {max}",
+                String::from_utf8_lossy(&input)
+            );
+        }
     }
 
     #[test]
