@@ -769,3 +769,33 @@ async fn several_workers_serve_concurrent_connections_and_shut_down() {
         .await
         .expect("shutdown with three workers did not finish");
 }
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_and_http1_share_the_proxy_port() {
+    let (_sim, server, _dir) = setup().await;
+    let url = format!("{}/v1/chat/completions", server.proxy);
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    for stream in [false, true] {
+        let body = request_for("/v1/chat/completions", "support-bot", "Hello?", stream);
+        let reply = send_with(
+            &h2,
+            Method::POST,
+            &url,
+            &[("content-type", "application/json")],
+            Bytes::from(body.to_string()),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "h2c stream={stream}: {}", reply.text());
+        assert_eq!(reply.version, http::Version::HTTP_2);
+        assert_eq!(reply.header("x-understudy-route"), Some("bot"));
+        let text = reply.text();
+        assert!(text.contains("support-bot"), "alias not put back: {text}");
+        // The same port still speaks HTTP/1.1.
+        let reply = post(&url, &body, &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.version, http::Version::HTTP_11);
+    }
+    server.shutdown().await;
+}

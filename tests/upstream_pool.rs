@@ -25,6 +25,8 @@ enum Answer {
     JsonThenClose,
     /// A chunked SSE stream of 40 events 50 ms apart.
     SlowStream,
+    /// The head and two events of a chunked SSE stream, then a reset, in one burst.
+    ResetAfterTwoEvents,
 }
 
 /// A one-route HTTP/1.1 upstream on 127.0.0.1:0 counting the connections it accepted and the
@@ -116,6 +118,16 @@ async fn serve(mut sock: TcpStream, answer: Answer) {
                 sock.write_all(resp.as_bytes()).await
             }
             Answer::SlowStream => slow_stream(&mut sock).await,
+            Answer::ResetAfterTwoEvents => {
+                let mut burst = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                for i in 0..2 {
+                    burst.extend_from_slice(chunk_of(&event(i)).as_bytes());
+                }
+                let _ = sock.write_all(&burst).await;
+                // Closed with linger 0: a reset right behind the bytes.
+                let _ = sock.set_zero_linger();
+                return;
+            }
         };
         if written.is_err() || answer == Answer::JsonThenClose {
             return;
@@ -144,16 +156,24 @@ async fn slow_stream(sock: &mut TcpStream) -> std::io::Result<()> {
     )
     .await?;
     for i in 0..40 {
-        let event = format!(
-            "data: {}\n\n",
-            json!({"id": "c1", "object": "chat.completion.chunk", "model": "raw-1",
-                   "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]})
-        );
-        sock.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
-            .await?;
+        sock.write_all(chunk_of(&event(i)).as_bytes()).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sock.write_all(b"0\r\n\r\n").await
+}
+
+/// The `i`th event of a chat stream (its text `t{i} `).
+fn event(i: usize) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": "raw-1",
+               "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]})
+    )
+}
+
+/// `data` as one HTTP/1.1 chunk.
+fn chunk_of(data: &str) -> String {
+    format!("{:x}\r\n{data}\r\n", data.len())
 }
 
 /// One worker (one pool), the upstream as the route's stable release.
@@ -263,5 +283,23 @@ async fn a_client_leaving_mid_stream_closes_its_upstream_connection() {
     assert_eq!(text.matches("data: ").count(), 40, "{text}");
     assert!(text.contains("t39 "));
     assert_eq!(upstream.accepted(), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_the_upstream_sent_before_a_reset_reaches_the_client() {
+    let upstream = Upstream::start(Answer::ResetAfterTwoEvents).await;
+    let (server, _dir) = proxy(&upstream).await;
+    let url = format!("{}/v1/chat/completions", server.proxy);
+    for _ in 0..5 {
+        let reply = post(&url, &chat(true), &[]).await;
+        // The head, the two events (their model put back), then a broken body: not a clean end,
+        // and not a connection closed before any answer.
+        assert_eq!(reply.status, 200);
+        let text = reply.text();
+        assert!(text.contains("t0 ") && text.contains("t1 "), "{text}");
+        assert!(text.contains("\"model\":\"bot\""), "{text}");
+        assert!(reply.body_error.is_some(), "ended cleanly: {text}");
+    }
     server.shutdown().await;
 }

@@ -61,6 +61,8 @@ pub struct RelayBody {
     /// What comes after the frame just returned (an error or trailers read in the same poll as
     /// data), returned by the next poll.
     held: Option<Result<Frame<Bytes>, BoxError>>,
+    /// A turn has been yielded before returning a held error: see `poll_frame`.
+    flushed_before_error: bool,
 }
 
 /// The upstream went quiet for longer than the deadline in the middle of a body.
@@ -89,6 +91,7 @@ impl RelayBody {
             batch: Batch::default(),
             yields: 0,
             held: None,
+            flushed_before_error: false,
         }
     }
 
@@ -226,6 +229,15 @@ impl HttpBody for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(held) = this.held.take() {
+            // hyper writes what it was given (the head, the frames before) only once the body
+            // yields, and drops it when the body fails: one turn first, so that the client gets
+            // all the upstream sent before the failure.
+            if held.is_err() && !this.flushed_before_error {
+                this.flushed_before_error = true;
+                this.held = Some(held);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             return Poll::Ready(Some(held));
         }
         if this.ended {
@@ -269,14 +281,13 @@ impl HttpBody for RelayBody {
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;
                     this.complete(Some(Failure::Transport), false);
-                    let err: BoxError = Box::new(e);
-                    return Poll::Ready(Some(match this.batch.take() {
-                        Some(out) => {
-                            this.held = Some(Err(err));
-                            Ok(Frame::data(out))
-                        }
-                        None => Err(err),
-                    }));
+                    this.held = Some(Err(Box::new(e)));
+                    if let Some(out) = this.batch.take() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    this.flushed_before_error = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };

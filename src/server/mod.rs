@@ -266,6 +266,7 @@ async fn serve(
         },
         permits: Arc::new(Semaphore::new(caps.requests)),
         cut: CancellationToken::new(),
+        stopping: stop.clone(),
     };
     let replayer = Replayer {
         client: UpstreamClient::new(connect_timeout, tls.clone()),

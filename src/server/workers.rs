@@ -43,6 +43,8 @@ pub struct Hygiene {
     pub permits: Arc<Semaphore>,
     /// Cancelled when the shutdown grace period is over: every connection still open is cut.
     pub cut: CancellationToken,
+    /// Cancelled when shutdown begins: a connection whose client has not spoken yet is closed.
+    pub stopping: CancellationToken,
 }
 
 /// The running workers.
@@ -145,6 +147,43 @@ impl Workers {
     }
 }
 
+/// The HTTP/2 connection preface: what a client speaking HTTP/2 over plain TCP (h2c, prior
+/// knowledge) sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The builders a connection is served with: one per protocol, chosen from the client's first
+/// bytes, and the one that reads them itself when they do not tell yet.
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    detect: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Builders {
+        Builders {
+            h1: auto::Builder::new(TokioExecutor::new()).http1_only(),
+            h2: auto::Builder::new(TokioExecutor::new()).http2_only(),
+            detect: auto::Builder::new(TokioExecutor::new()),
+        }
+    }
+
+    /// The builder for `stream`, from its first bytes, peeked (left in the socket). The detecting
+    /// builder would read them into a buffer of its own and hand them back to HTTP/1 first, on
+    /// their own: the request head then arrives in two reads, and the connection's read buffer
+    /// grows to twice its size for as long as the connection lives.
+    async fn pick(&self, stream: &tokio::net::TcpStream) -> &auto::Builder<TokioExecutor> {
+        let mut first = [0u8; H2_PREFACE.len()];
+        match stream.peek(&mut first).await {
+            Ok(n) if n > 0 && !H2_PREFACE.starts_with(&first[..n]) => &self.h1,
+            Ok(n) if n == H2_PREFACE.len() => &self.h2,
+            // A part of the preface, the end of the stream or an error: the detecting builder
+            // reads what comes (and meets the end or the error itself).
+            _ => &self.detect,
+        }
+    }
+}
+
 /// Serves every connection handed to this worker, until the acceptor closes its queue.
 async fn serve(
     mut rx: mpsc::Receiver<Handoff>,
@@ -152,7 +191,7 @@ async fn serve(
     connections: &TaskTracker,
     hygiene: Hygiene,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builders = Arc::new(Builders::new());
     while let Some(Handoff {
         stream,
         watcher,
@@ -177,18 +216,26 @@ async fn serve(
                 let proxy = Arc::clone(&proxy);
                 move |req| Arc::clone(&proxy).handle(req)
             }));
-        let conn = builder
-            .serve_connection(
-                TokioIo::new(Watched::new(stream, Arc::clone(&state))),
-                TowerToHyperService::new(service),
-            )
-            .into_owned();
-        let conn = watcher.watch(conn);
         let metrics = Arc::clone(&proxy.metrics);
         let (timeouts, cut) = (hygiene.timeouts, hygiene.cut.clone());
-        let mut task = connections.spawn(async move {
-            log_end(conn).await;
-            drop(permit);
+        let mut task = connections.spawn({
+            let (builders, state) = (Arc::clone(&builders), Arc::clone(&state));
+            let stopping = hygiene.stopping.clone();
+            async move {
+                // The graceful-shutdown watcher only reaches a connection once it is served.
+                let builder = tokio::select! {
+                    builder = builders.pick(&stream) => builder,
+                    () = stopping.cancelled() => return,
+                };
+                let conn = builder
+                    .serve_connection(
+                        TokioIo::new(Watched::new(stream, state)),
+                        TowerToHyperService::new(service),
+                    )
+                    .into_owned();
+                log_end(watcher.watch(conn)).await;
+                drop(permit);
+            }
         });
         // The connection's watchdog, a task of its own so that the connection's task polls
         // nothing else: it wakes only at deadlines, and cuts the connection when one passes or

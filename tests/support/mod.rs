@@ -357,6 +357,7 @@ pub fn metric_value_or_absent(text: &str, name_and_labels: &str) -> Option<f64> 
 /// A response with the arrival time of each body chunk.
 pub struct Reply {
     pub status: StatusCode,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
     /// (time since the request was sent, chunk)
@@ -406,6 +407,7 @@ pub async fn send_with(
         .await
         .unwrap();
     let status = resp.status();
+    let version = resp.version();
     let headers = resp.headers().clone();
     let mut body = resp.into_body();
     let mut chunks = Vec::new();
@@ -428,6 +430,7 @@ pub async fn send_with(
     }
     Reply {
         status,
+        version,
         headers,
         body: Bytes::from(all),
         chunks,
