@@ -232,12 +232,13 @@ impl Proxy {
         if let (Some(mirror), Some(headers)) = (&plan.mirror, mirror_headers) {
             ctx.paired = self.mirror(ctx, shape, &plan, mirror, &parts.uri, headers, &bytes);
         }
-        // The client's body is a slice of the connection's read buffer (and so are its headers,
-        // now in the upstream request, which is written before this first waits). Let it go
-        // before waiting for the answer: the connection's next read then reuses that buffer
-        // instead of allocating another for every request in flight.
+        // The client's body and URI are slices of the connection's read buffer (and so are its
+        // headers, now in the upstream request, which is written before this first waits). Let
+        // them go before waiting for the answer: the connection's next read then reuses that
+        // buffer instead of allocating another for every request in flight.
         drop(json);
         drop(bytes);
+        drop(parts.uri);
         let resp = self.forward(&plan.serve.upstream, upstream_req).await?;
         Ok(self.response_filter(ctx, resp))
     }

@@ -143,9 +143,11 @@ impl Pool {
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
         origin_form(&mut req, authority);
+        // Connecting is boxed: it is rare, and its state would otherwise be part of every
+        // request's future while that waits for its answer.
         let (mut leg, mut reused) = match self.checkout(authority) {
             Some(leg) => (leg, true),
-            None => (self.connect(authority).await?, false),
+            None => (Box::pin(self.connect(authority)).await?, false),
         };
         loop {
             match leg.round_trip(req).await {
@@ -165,7 +167,7 @@ impl Pool {
                     // written: once more, on a new connection.
                     (true, Some(again)) => {
                         req = again;
-                        leg = self.connect(authority).await?;
+                        leg = Box::pin(self.connect(authority)).await?;
                         reused = false;
                     }
                     _ => return Err(PoolError::Http(e.into_error())),
