@@ -240,6 +240,7 @@ impl HttpBody for RelayBody {
             }
             return Poll::Ready(Some(held));
         }
+        let mut now = None;
         if this.ended {
             return Poll::Ready(None);
         }
@@ -291,10 +292,11 @@ impl HttpBody for RelayBody {
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
+            // The clock is read once per poll: the frames one poll gathers arrived together.
+            let now = *now.get_or_insert_with(tokio::time::Instant::now);
             // A frame right behind the last one is part of a burst (a read that held several
             // events): look for more before sending. One after a pause (a model's next token)
             // goes out as soon as it is read, with no turn spent looking.
-            let now = tokio::time::Instant::now();
             this.yields = if now - this.last_frame < BURST_GAP {
                 0
             } else {
