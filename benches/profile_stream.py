@@ -35,8 +35,10 @@ import load  # noqa: E402
 PARTS = [
     ("relay body (RelayBody::poll_frame and all it calls)", ["<understudy::proxy::relay::RelayBody as http_body::Body>::poll_frame"]),
     ("  upstream body frames (hyper Incoming::poll_frame)", ["<hyper::body::incoming::Incoming as http_body::Body>::poll_frame"]),
+    ("  upstream connection driven by the body (hyper client)", [
+        "<hyper::client::conn::http1::Connection<T,B> as core::future::future::Future>::poll"]),
     ("  observing (Observer::feed)", ["understudy::observe::Observer::feed"]),
-    ("    SSE framing (sse_parse feed)", ["sse_parse::parser::SseParser::feed"]),
+    ("    SSE framing by the parser (events read in place skip it)", ["sse_parse::parser::SseParser::feed"]),
     ("    reading events (Assembly::event / event_outcome)", [
         "understudy::observe::<impl understudy::observe::assembly::Assembly>::event",
         "understudy::observe::<impl understudy::observe::assembly::Assembly>::event_outcome"]),
@@ -63,8 +65,11 @@ async def drive(addr, payload, warmup, requests, conc, between):
 
 def annotate(out_file):
     """(total instructions, {function: inclusive instructions}) of a callgrind file."""
+    # Run away from the sources: where callgrind_annotate finds them (the project root), it splits
+    # a function's rows by the files its code was inlined from, and the row kept below would be
+    # only the part written in the function's own file.
     text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", out_file],
-                          capture_output=True, text=True, check=True).stdout
+                          capture_output=True, text=True, check=True, cwd=tempfile.gettempdir()).stdout
     total = int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text).group(1).replace(",", ""))
     funcs = {}
     for line in text.splitlines():

@@ -22,8 +22,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -54,22 +55,15 @@ struct Leg {
     tx: http1::SendRequest<Body>,
     /// None once the connection has ended.
     conn: Option<http1::Connection<Io, Body>>,
+    /// The waker the connection and its response are polled with.
+    wakes: Coalesced,
 }
 
 impl Leg {
     /// Polls the connection once: reads what the upstream sent, writes what is queued. False
     /// once it has ended.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        match &mut self.conn {
-            Some(conn) => match Pin::new(conn).poll(cx) {
-                Poll::Pending => true,
-                Poll::Ready(_) => {
-                    self.conn = None;
-                    false
-                }
-            },
-            None => false,
-        }
+        drive(&mut self.conn, cx)
     }
 
     /// Whether the connection can take a request now (polled once, so an end the upstream
@@ -86,22 +80,131 @@ impl Leg {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
         let mut sent = pin!(self.tx.try_send_request(req));
-        let conn = &mut self.conn;
-        poll_fn(|cx| loop {
-            if let Poll::Ready(result) = sent.as_mut().poll(cx) {
-                return Poll::Ready(result);
-            }
-            match conn {
-                Some(c) => match Pin::new(c).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    // Ended: the request's callback now holds the reason; poll it again.
-                    Poll::Ready(_) => *conn = None,
-                },
-                // hyper answers every request of a connection that has ended.
-                None => return Poll::Pending,
-            }
+        let (conn, wakes) = (&mut self.conn, &self.wakes);
+        poll_fn(|cx| {
+            wakes.poll(cx, |cx| loop {
+                if let Poll::Ready(result) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(result);
+                }
+                match conn {
+                    Some(c) => match Pin::new(&mut *c).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        // Ended: the request's callback now holds the reason; poll it again.
+                        Poll::Ready(_) => *conn = None,
+                    },
+                    // hyper answers every request of a connection that has ended.
+                    None => return Poll::Pending,
+                }
+            })
         })
         .await
+    }
+}
+
+/// Polls the connection in `slot` once; false (and the slot emptied) once it has ended.
+fn drive(slot: &mut Option<http1::Connection<Io, Body>>, cx: &mut Context<'_>) -> bool {
+    match slot {
+        Some(conn) => match Pin::new(conn).poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(_) => {
+                *slot = None;
+                false
+            }
+        },
+        None => false,
+    }
+}
+
+/// A connection's waker, folding the wakes its own polling causes into the poll in progress.
+///
+/// hyper wakes the task polling a connection when the connection hands over the response head
+/// or a body frame, and again when that task takes the frame (the connection may read on). Here
+/// that task is the one polling, in the middle of its poll: each such wake would have the
+/// runtime poll the whole client connection once more, for nothing, when this poll is over (on
+/// a paced stream, once per event). So the connection and its response are polled with this
+/// waker: a wake during the poll is noted and the poll looks again before it returns Pending;
+/// only a wake between polls (the upstream's socket, from the runtime's driver) reaches the task.
+struct Coalesced {
+    wakes: Arc<Wakes>,
+    /// `wakes` as a waker, made once so that hyper and the runtime see the same one each poll.
+    waker: Waker,
+}
+
+struct Wakes {
+    state: AtomicU8,
+    /// The task's own waker, for wakes between polls.
+    task: Mutex<Option<Waker>>,
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+/// Rounds a poll looks again for wakes noted meanwhile before it leaves them to the task.
+const MAX_ROUNDS: usize = 8;
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(WOKEN) => {}
+            Err(_) => {
+                if let Some(task) = &*self.task.lock().unwrap_or_else(|e| e.into_inner()) {
+                    task.wake_by_ref();
+                }
+            }
+        }
+    }
+}
+
+impl Coalesced {
+    fn new() -> Coalesced {
+        let wakes = Arc::new(Wakes {
+            state: AtomicU8::new(IDLE),
+            task: Mutex::new(None),
+        });
+        let waker = Waker::from(Arc::clone(&wakes));
+        Coalesced { wakes, waker }
+    }
+
+    /// Polls `f` with this waker until it is ready, or pending with no wake noted meanwhile.
+    fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        {
+            let mut task = self.wakes.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let mut inner = Context::from_waker(&self.waker);
+        let state = &self.wakes.state;
+        for _ in 0..MAX_ROUNDS {
+            state.store(POLLING, Ordering::Release);
+            let polled = f(&mut inner);
+            // Ready: the caller polls again before it waits for a wake.
+            if polled.is_ready() {
+                state.store(IDLE, Ordering::Release);
+                return polled;
+            }
+            if state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Pending;
+            }
+        }
+        state.store(IDLE, Ordering::Release);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -215,6 +318,7 @@ impl Pool {
         Ok(Leg {
             tx,
             conn: Some(conn),
+            wakes: Coalesced::new(),
         })
     }
 
@@ -323,33 +427,30 @@ impl HttpBody for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let mut driven = false;
-        loop {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => {}
-                Poll::Ready(None) => {
-                    this.release();
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if this.inner.is_end_stream() {
-                        this.release();
+        let Some(checked) = &mut this.leg else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        let inner = &mut this.inner;
+        let Leg { conn, wakes, .. } = &mut checked.leg;
+        let polled = wakes.poll(cx, |cx| {
+            let mut driven = false;
+            loop {
+                match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Pending if !driven => {
+                        driven = true;
+                        drive(conn, cx);
                     }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.leg = None;
-                    return Poll::Ready(Some(Err(e)));
+                    polled => return polled,
                 }
             }
-            match &mut this.leg {
-                Some(checked) if !driven => {
-                    driven = true;
-                    checked.leg.drive(cx);
-                }
-                _ => return Poll::Pending,
-            }
+        });
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.leg = None,
+            _ => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -367,5 +468,108 @@ impl Drop for UpstreamBody {
         if self.inner.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A task's waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn task() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count::default());
+        (Arc::clone(&count), Waker::from(count))
+    }
+
+    #[test]
+    fn a_wake_during_the_poll_is_a_second_look_not_a_second_poll() {
+        let (count, waker) = task();
+        let coalesced = Coalesced::new();
+        let mut cx = Context::from_waker(&waker);
+        let mut looks = 0;
+        // The first look wakes itself (as hyper does when a frame is handed over) and finds
+        // nothing yet; the second finds it.
+        let polled = coalesced.poll(&mut cx, |cx| {
+            looks += 1;
+            if looks == 1 {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(7)
+            }
+        });
+        assert_eq!(polled, Poll::Ready(7));
+        assert_eq!(looks, 2);
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "the task was woken for nothing"
+        );
+    }
+
+    #[test]
+    fn a_wake_between_polls_reaches_the_task() {
+        let (count, waker) = task();
+        let coalesced = Coalesced::new();
+        let mut cx = Context::from_waker(&waker);
+        let mut registered = None;
+        let polled: Poll<()> = coalesced.poll(&mut cx, |cx| {
+            registered = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        assert_eq!(polled, Poll::Pending);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        // The socket becomes readable after the poll returned: the task must hear of it.
+        registered.unwrap().wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_poll_that_keeps_waking_itself_hands_over_to_the_task() {
+        let (count, waker) = task();
+        let coalesced = Coalesced::new();
+        let mut cx = Context::from_waker(&waker);
+        let mut looks = 0;
+        let polled: Poll<()> = coalesced.poll(&mut cx, |cx| {
+            looks += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        });
+        assert_eq!(polled, Poll::Pending);
+        assert_eq!(looks, MAX_ROUNDS);
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the task must be polled again"
+        );
+    }
+
+    #[test]
+    fn the_latest_task_waker_is_the_one_woken() {
+        let (first, first_waker) = task();
+        let (second, second_waker) = task();
+        let coalesced = Coalesced::new();
+        let mut registered = None;
+        for waker in [&first_waker, &second_waker] {
+            let mut cx = Context::from_waker(waker);
+            let _: Poll<()> = coalesced.poll(&mut cx, |cx| {
+                registered = Some(cx.waker().clone());
+                Poll::Pending
+            });
+        }
+        registered.unwrap().wake_by_ref();
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
     }
 }
