@@ -603,17 +603,24 @@ async fn redacted_routes_keep_no_request_bodies_for_review() {
         .replace("keep_random = 5", "keep_random = 5\nredact_requests = true");
     let (server, _dir) = Server::start(&text, &sim.url).await;
     drive(&server, "/v1/chat/completions", false, 3, &json!({})).await;
-    let samples = send(
-        Method::GET,
-        &format!(
-            "{}/admin/routes/bot/samples?order=random&limit=10",
-            server.admin
-        ),
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        Bytes::new(),
-    )
-    .await
-    .json();
+    // The mirrors are counted when scored; the controller keeps their samples a moment later.
+    let url = format!(
+        "{}/admin/routes/bot/samples?order=random&limit=10",
+        server.admin
+    );
+    let auth = format!("Bearer {TOKEN}");
+    let fetch = || async {
+        send(Method::GET, &url, &[("authorization", &auth)], Bytes::new())
+            .await
+            .json()
+    };
+    eventually(5, "3 samples kept", || async {
+        fetch().await["samples"]
+            .as_array()
+            .is_some_and(|l| l.len() == 3)
+    })
+    .await;
+    let samples = fetch().await;
     let list = samples["samples"].as_array().unwrap();
     assert_eq!(list.len(), 3, "{samples}");
     assert!(list.iter().all(|s| s["request"].is_null()), "{samples}");
