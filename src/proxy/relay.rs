@@ -153,8 +153,8 @@ impl RelayBody {
     }
 }
 
-/// Turns of the worker's queue a gathered batch waits for the upstream connection to hand over a
-/// frame it already holds: hyper's client takes two (measured: one turn never sees it).
+/// Turns of the worker's queue a gathered batch waits for hyper-util's connection task to hand
+/// over a frame it already holds: it takes two (measured: one turn never sees it).
 const YIELDS: u8 = 2;
 
 /// A frame closer than this to the previous one is taken as part of a burst, worth looking for
@@ -216,13 +216,16 @@ impl HttpBody for RelayBody {
     /// Relays what the upstream has delivered, gathering what is already read into one frame
     /// (one chunk, one write to the client, however many events the upstream's read held).
     ///
-    /// hyper's client hands a body over one frame at a time: its connection task must run to
-    /// hand over the next one. So when a frame came within `BURST_GAP` of the previous one (or of
-    /// the response head) and the next is not there yet, this yields (waking itself, behind that
-    /// task) and looks again, at most `YIELDS` times: a frame the upstream connection already
-    /// holds joins the batch, and when nothing more is there the batch goes out. Nothing waits
-    /// for the upstream to send more: the cost is at most two turns of the worker's queue, and
-    /// none for a frame that came after a pause (a paced stream's next token).
+    /// A body from a plain-HTTP upstream drives its own connection (`upstream/pool.rs`): a
+    /// pending poll means the socket had nothing more, so the batch goes out at once. hyper-util's
+    /// pooled client (https) hands a body over one frame at a time from a task of its own, which
+    /// must run to hand over the next one. So for those, when a frame came within `BURST_GAP` of
+    /// the previous one (or of the response head) and the next is not there yet, this yields
+    /// (waking itself, behind that task) and looks again, at most `YIELDS` times: a frame the
+    /// upstream connection already holds joins the batch, and when nothing more is there the
+    /// batch goes out. Nothing waits for the upstream to send more: the cost is at most two turns
+    /// of the worker's queue, and none for a frame that came after a pause (a paced stream's
+    /// next token).
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
