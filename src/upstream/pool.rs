@@ -14,7 +14,8 @@
 //! An idle connection is polled by nobody: one the upstream closed meanwhile is found out at
 //! checkout (one poll sees its end), and a request the connection could not take (closed as it
 //! was sent, before any byte went out) is sent again once on a new connection, as hyper-util's
-//! pool does. Connections idle longer than the idle timeout are closed when met.
+//! pool does. Connections idle longer than the idle timeout are closed when met, and all of
+//! them whenever one is put back half an idle timeout after the last such sweep.
 //!
 //! A pool belongs to one worker: its sockets are registered with that worker's runtime, and only
 //! that runtime's tasks use them.
