@@ -174,6 +174,11 @@ impl Coalesced {
         Coalesced { wakes, waker }
     }
 
+    /// Drops the task's waker (a wake until the next poll reaches nobody).
+    fn forget_task(&self) {
+        *self.wakes.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Polls `f` with this waker until it is ready, or pending with no wake noted meanwhile.
     fn poll<T>(
         &self,
@@ -328,6 +333,9 @@ impl Pool {
         if !leg.reusable() {
             return;
         }
+        // The task that last polled it may end while the connection waits here: its waker
+        // would keep that task's memory alive.
+        leg.wakes.forget_task();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Now and then every upstream's expired connections are closed, so that one no request
@@ -554,6 +562,27 @@ mod tests {
             1,
             "the task must be polled again"
         );
+    }
+
+    #[test]
+    fn a_forgotten_task_is_not_kept_alive_nor_woken() {
+        let (count, waker) = task();
+        let coalesced = Coalesced::new();
+        let mut registered = None;
+        let mut cx = Context::from_waker(&waker);
+        let _: Poll<()> = coalesced.poll(&mut cx, |cx| {
+            registered = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        drop(waker);
+        coalesced.forget_task();
+        assert_eq!(
+            Arc::strong_count(&count),
+            1,
+            "the pool would keep the task's memory"
+        );
+        registered.unwrap().wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
