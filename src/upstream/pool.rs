@@ -61,17 +61,11 @@ struct Leg {
 }
 
 impl Leg {
-    /// Polls the connection once: reads what the upstream sent, writes what is queued. False
-    /// once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        drive(&mut self.conn, cx)
-    }
-
     /// Whether the connection can take a request now (polled once, so an end the upstream
     /// announced is seen).
     fn reusable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        self.drive(&mut cx) && self.tx.is_ready()
+        drive(&mut self.conn, &mut cx) && self.tx.is_ready()
     }
 
     /// Sends `req` and drives the connection until the response head (or its failure). The
@@ -102,7 +96,8 @@ impl Leg {
     }
 }
 
-/// Polls the connection in `slot` once; false (and the slot emptied) once it has ended.
+/// Polls the connection in `slot` once (it reads what the upstream sent and writes what is
+/// queued); false (and the slot emptied) once it has ended.
 fn drive(slot: &mut Option<http1::Connection<Io, Body>>, cx: &mut Context<'_>) -> bool {
     match slot {
         Some(conn) => match Pin::new(conn).poll(cx) {
