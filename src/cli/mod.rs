@@ -3,6 +3,7 @@
 //! module that prints to the terminal.
 #![expect(clippy::print_stdout, reason = "the command line's output")]
 
+use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -58,25 +59,36 @@ fn init_logging() {
     logging::init(logging::format(text).unwrap_or(text));
 }
 
-/// Resolves when the process gets Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that resolves when the process gets Ctrl-C (SIGINT) or SIGTERM.
+///
+/// The handlers are installed by this call, not when the future is first polled: a caller that
+/// announces it is serving after calling this cannot lose a signal sent on that announcement.
+/// Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // A signal whose handler cannot be installed never resolves (the other still can).
+        async fn received(signal: Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                () = received(int) => {}
+                () = received(term) => {}
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -145,7 +157,7 @@ pub fn demo(port: u16, exit: bool) -> ExitCode {
         init_logging();
     }
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(demo::demo(port, exit, shutdown_signal(), say))
+        rt.block_on(async { demo::demo(port, exit, shutdown_signal(), say).await })
             .map_err(|e| e.to_string())
     });
     exit_code(result)
