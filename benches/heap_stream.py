@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
 """Heap per stream in flight, by allocation site (heaptrack), beside load.py's RSS figure.
 
-    python3 benches/heap_stream.py                      # builds the system-allocator binary
+    python3 benches/heap_stream.py                      # builds this checkout's release binary
     python3 benches/heap_stream.py --binary PATH --hold 1000 --top 12
 
-Builds `understudy` with `--features system-allocator` (heaptrack hooks malloc; mimalloc does not
-go through it) into target/heap (or takes --binary), starts the simulated upstream and
+Builds this checkout's release binary (or takes --binary), starts the simulated upstream and
 `understudy serve` under heaptrack with load.py's configuration, warms up with 4,000 streams,
 then holds --hold streaming requests in flight (the upstream delays its head by 3 s, as in
 load.py's memory phase), stops the server and prints the heap at its peak divided by --hold,
@@ -36,13 +35,6 @@ PLUMBING = re.compile(
     r"backtrace|main|lang_start|_RNv")
 
 
-def build():
-    target = os.path.join(ROOT, "target", "heap")
-    subprocess.run(["cargo", "build", "--release", "--features", "system-allocator"], cwd=ROOT, check=True,
-                   env=dict(os.environ, CARGO_TARGET_DIR=target))
-    return os.path.join(target, "release", "understudy")
-
-
 def sites(folded, held, top, depth):
     rows = []
     with open(folded) as f:
@@ -63,12 +55,12 @@ def sites(folded, held, top, depth):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary", help="a system-allocator understudy binary (default: build one)")
+    ap.add_argument("--binary", help="an already built understudy binary (default: build this checkout's)")
     ap.add_argument("--hold", type=int, default=1000, help="streams held in flight (default 1000)")
     ap.add_argument("--top", type=int, default=12, help="allocation sites listed (default 12)")
     ap.add_argument("--depth", type=int, default=6, help="frames naming a site (default 6)")
     a = ap.parse_args()
-    exe = a.binary or build()
+    exe = load.build(a.binary)
     tmp = tempfile.mkdtemp(prefix="understudy-heap-")
     out = os.path.join(tmp, "heap")
     procs = load.Procs()

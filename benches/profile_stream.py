@@ -48,8 +48,7 @@ PARTS = [
                                    "understudy::upstream::rewrite::rewrite_request"]),
     ("client response writes (hyper Dispatcher::poll_flush)", ["hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_flush"]),
     ("metrics (Metrics::request_finished)", ["understudy::metrics::Metrics::request_finished"]),
-    ("allocation (mimalloc entry points)", ["mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned", "mi_free",
-                                           "mi_malloc", "mi_realloc", "mi_zalloc"]),
+    ("allocation (glibc malloc/free)", ["malloc", "free", "realloc", "calloc", "posix_memalign", "aligned_alloc"]),
     ("memcpy/memmove", ["__memcpy_avx_unaligned_erms", "__memmove_avx_unaligned_erms"]),
 ]
 

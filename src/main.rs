@@ -9,12 +9,6 @@ use understudy::{
     Pick, ReplayArgs,
 };
 
-/// mimalloc: glibc's malloc/free was 8 % of the proxy's CPU under load (benches/README.md).
-/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc.
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "understudy",
