@@ -30,7 +30,11 @@ with one short SSE stream, all of it at once: its events and bytes are printed):
               round over --token-conc connections; the client times each read of the body, and
               the gaps between reads are the inter-token latency, p50/p99, and the proxy's added
               p50/p99 over direct (beside nginx's). A proxy that held an event back for the next
-              one would add a whole --token-ms to a gap.
+              one would add a whole --token-ms to a gap. The gaps carry the upstream's own timer
+              jitter, which swamps a 0.1 ms difference at p99, so each event is also timed end to
+              end: the upstream stamps its send time into the event's id (`x-sim-stamp`), the
+              client reads the clock when the read returns, and the transit's p50/p99 through a
+              proxy minus direct's is what the proxy adds to each event.
   shadow      the streaming phase through a route in shadow at share 0.1 (every mirror
               admitted: max_rps and max_inflight are raised) vs the same proxy's route
               without a candidate: mirroring must not change the client's figures.
@@ -226,14 +230,19 @@ http {{
     raise SystemExit("nginx did not start")
 
 
-def request_bytes(model, latency_ms=None, token_ms=None):
+def request_bytes(model, latency_ms=None, token_ms=None, stamp=False):
     body = json.dumps({"model": model, "stream": True, "stream_options": {"include_usage": True},
                        "messages": [{"role": "user", "content": QUESTION}]}).encode()
     extra = f"x-sim-latency-ms: {latency_ms}\r\n" if latency_ms else ""
     extra += f"x-sim-chunk-delay-ms: {token_ms}\r\n" if token_ms else ""
+    extra += "x-sim-stamp: 1\r\n" if stamp else ""
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"authorization: Bearer sk-bench\r\n{extra}content-length: {len(body)}\r\n\r\n")
     return head.encode() + body
+
+
+# The send time the simulator writes into an event's id with `x-sim-stamp: 1` (unix ns, hex).
+STAMP = re.compile(rb'"id":"[a-z]+-sim([0-9a-f]{16})"')
 
 
 class Conn:
@@ -244,6 +253,7 @@ class Conn:
         self.port = int(port)
         self.reader = self.writer = None
         self.reads = None  # when timing reads (the tokens phase): the time of each read
+        self.transit = None  # and then: seconds from each stamped event's send to its read
 
     async def open(self):
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
@@ -259,6 +269,8 @@ class Conn:
             raise ConnectionError("connection closed mid-response")
         if self.reads is not None:
             self.reads.append(time.perf_counter())
+            now = time.time_ns()
+            self.transit += [(now - int(m.group(1), 16)) / 1e9 for m in STAMP.finditer(chunk)]
         buf += chunk
 
     async def request(self, payload):
@@ -305,7 +317,9 @@ class Result:
     def __init__(self):
         self.ttfb, self.total, self.errors, self.body, self.secs, self.cpu = [], [], 0, 0, 0.0, 0.0
         self.gaps = []  # tokens phase: seconds between successive reads of a body
+        self.transit = []  # tokens phase: seconds from the upstream's send of an event to its read
         self.round_p99 = []  # p99 time to first byte of each round, ms
+        self.round_transit_p99 = []  # tokens phase: p99 transit of each round, ms
 
     def add(self, other):
         self.ttfb += other.ttfb
@@ -315,7 +329,10 @@ class Result:
         self.secs += other.secs
         self.cpu += other.cpu
         self.gaps += other.gaps
+        self.transit += other.transit
         self.round_p99.append(pct(other.ttfb, 99))
+        if other.transit:
+            self.round_transit_p99.append(pct(other.transit, 99))
 
     @property
     def rps(self):
@@ -366,11 +383,12 @@ async def worker(conn, payload, jobs, res, pace=None, gaps=False):
             if delay > 0:
                 await asyncio.sleep(delay)
         if gaps:
-            conn.reads = []
+            conn.reads, conn.transit = [], []
         try:
             status, ttfb, total, body = await conn.request(payload)
             if gaps:
                 res.gaps += [b - a for a, b in zip(conn.reads[1:], conn.reads[2:])]
+                res.transit += conn.transit
         except (OSError, ConnectionError, ValueError, IndexError):
             res.errors += 1
             conn.close()
@@ -516,7 +534,7 @@ async def main_async(a, mock, proxy, admin, pid, token, nginx, pids):
     paced = await compare([direct, *peers, routed], a.paced_requests, a.conc, a.rounds, rate=a.rate)
     tokens = None
     if a.token_streams:
-        slow = [(name, addr, request_bytes(payload_model(payload), token_ms=a.token_ms), pid)
+        slow = [(name, addr, request_bytes(payload_model(payload), token_ms=a.token_ms, stamp=True), pid)
                 for name, addr, payload, pid in [direct, *peers, routed]]
         tokens = await compare(slow, a.token_streams, a.token_conc, a.rounds, gaps=True)
     shadow = None
@@ -559,6 +577,19 @@ async def main_async(a, mock, proxy, admin, pid, token, nginx, pids):
                      else [f"{'':>10}", f"{'':>10}"])
             print(" ".join([f"{name:<17}", f"{len(r.gaps):>7}", f"{pct(r.gaps, 50):>8.3f}", f"{pct(r.gaps, 99):>8.3f}"]
                            + added + [f"{r.cpu_us:>7.0f}"]))
+        print("per event, from the upstream's send to the client's read (stamped events), ms; 'best p99' is the\n"
+              "lowest of the rounds' p99s (a hiccup of the machine only ever slows a round)")
+        print(" ".join([f"{'target':<17}", f"{'events':>7}", f"{'p50':>8}", f"{'p99':>8}", f"{'added p50':>10}",
+                        f"{'added p99':>10}", f"{'best p99':>9}", f"{'added':>8}"]))
+        for name in names:
+            r = tokens[name]
+            best = min(r.round_transit_p99, default=float("nan"))
+            added = ([f"{pct(r.transit, p) - pct(d.transit, p):>+10.3f}" for p in (50, 99)] if name != "direct"
+                     else [f"{'':>10}", f"{'':>10}"])
+            best_added = (f"{best - min(d.round_transit_p99, default=float('nan')):>+8.3f}" if name != "direct"
+                          else f"{'':>8}")
+            print(" ".join([f"{name:<17}", f"{len(r.transit):>7}", f"{pct(r.transit, 50):>8.3f}",
+                            f"{pct(r.transit, 99):>8.3f}"] + added + [f"{best:>9.3f}", best_added]))
     if shadow:
         label = f"shadow 0.1, {a.conc} conns"
         row(label, "understudy", shadow["understudy"])

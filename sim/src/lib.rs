@@ -7,7 +7,9 @@
 //! models with the same [`Style`] answer a request identically. A model's [`Behavior`] can be
 //! overridden per request with the headers `x-sim-fault` (`500`, `429`, any 4xx/5xx, `reset`,
 //! `hang`, `stall`, `broken-sse`), `x-sim-latency-ms` and `x-sim-chunk-delay-ms` (the time between
-//! streamed events, as a model spaces its tokens).
+//! streamed events, as a model spaces its tokens). With `x-sim-stamp: 1`, each streamed event's
+//! `id` ends in the time the event was sent ([`stamp`]), so that a benchmark can tell how long a
+//! proxy held each event.
 //!
 //! For semantic scoring: `POST /v1/embeddings` answers [`embed`] vectors (similar meaning,
 //! similar vectors), the styles [`Style::Paraphrase`], [`Style::Pirate`] and
@@ -252,6 +254,9 @@ impl SimUpstream {
                     Err(error) => break Err(error),
                 },
             };
+            // As real model servers do (asyncio sets it on every TCP socket): without it, the
+            // second event of a paced stream waits for the client's delayed ACK of the first.
+            let _ = stream.set_nodelay(true);
             let sim = Arc::clone(&self);
             let request_cancel = cancel.clone();
             let service =
@@ -538,7 +543,8 @@ async fn simulate(request: &Exchange<'_>, prompt: &Prompt) -> Result<Response<Si
         _ => Ending::Clean,
     };
     let delay = header_millis(headers, "x-sim-chunk-delay-ms").unwrap_or(behavior.chunk_delay);
-    let body = SimBody::stream(events, delay, ending, cancel);
+    let mut body = SimBody::stream(events, delay, ending, cancel);
+    body.stamp = headers.get("x-sim-stamp").is_some_and(|v| v == "1");
     Ok(respond(StatusCode::OK, SSE_TYPE, body))
 }
 
@@ -1870,6 +1876,8 @@ struct SimBody {
     ending: Ending,
     shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     exact_len: Option<u64>,
+    /// Each event's id ends in the time it is sent (`x-sim-stamp`).
+    stamp: bool,
 }
 
 impl SimBody {
@@ -1882,6 +1890,7 @@ impl SimBody {
             pause: None,
             ending: Ending::Clean,
             shutdown: None,
+            stamp: false,
         }
     }
 
@@ -1898,6 +1907,7 @@ impl SimBody {
             ending,
             shutdown: Some(Box::pin(cancel.clone().cancelled_owned())),
             exact_len: None,
+            stamp: false,
         }
     }
 }
@@ -1923,7 +1933,10 @@ impl Body for SimBody {
             ready!(pause.as_mut().poll(cx));
             this.pause = None;
         }
-        if let Some(frame) = this.frames.next() {
+        if let Some(mut frame) = this.frames.next() {
+            if this.stamp {
+                frame = stamp(&frame, SystemTime::now());
+            }
             if !this.delay.is_zero() && (this.frames.len() > 0 || this.ending != Ending::Clean) {
                 this.pause = Some(Box::pin(tokio::time::sleep(this.delay)));
             }
@@ -1953,6 +1966,29 @@ impl Body for SimBody {
         self.exact_len
             .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
+}
+
+/// `event` with the 16 hex digits of its first `"id":"<prefix>sim…"` (see [`new_id`]) replaced by
+/// `at` in nanoseconds since the Unix epoch, in hex: the same length, still a valid id. An event
+/// without such an id is returned as it is.
+pub fn stamp(event: &[u8], at: SystemTime) -> Bytes {
+    let nanos = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let digits = format!("{:016x}", u64::try_from(nanos).unwrap_or(u64::MAX));
+    let mut out = event.to_vec();
+    let start = find(event, b"\"id\":\"").map(|at| at + 6);
+    let hex = start.and_then(|start| {
+        let sim = start + find(&event[start..], b"sim")? + 3;
+        let id_end = start + find(&event[start..], b"\"")?;
+        (id_end == sim + 16 && event[sim..id_end].iter().all(u8::is_ascii_hexdigit)).then_some(sim)
+    });
+    if let Some(at) = hex {
+        out[at..at + 16].copy_from_slice(digits.as_bytes());
+    }
+    Bytes::from(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -829,6 +829,65 @@ async fn streams_wait_between_events() {
     harness.shutdown().await;
 }
 
+/// With `x-sim-stamp: 1`, each chat event's id ends in the time it was sent, events 5 ms apart
+/// are stamped at least 5 ms apart, all within the request; without it the ids are random.
+#[tokio::test]
+async fn stamped_events_carry_the_time_they_were_sent() {
+    let harness = start(Behavior::default()).await;
+    let body = request(Api::Chat, "m", "Hi", json!({"stream": true}));
+    let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let before = nanos(SystemTime::now());
+    let reply = harness
+        .call(
+            Api::Chat,
+            &body,
+            &[("x-sim-stamp", "1"), ("x-sim-chunk-delay-ms", "5")],
+        )
+        .await;
+    let after = nanos(SystemTime::now());
+    let stamps: Vec<u64> = reply
+        .events()
+        .iter()
+        .filter(|e| e.data != "[DONE]")
+        .map(|e| {
+            let id = e.json()["id"].as_str().unwrap().to_owned();
+            let hex = id.strip_prefix("chatcmpl-sim").unwrap();
+            u64::from_str_radix(hex, 16).unwrap()
+        })
+        .collect();
+    assert!(stamps.len() > 2, "{stamps:?}");
+    assert!(
+        stamps.iter().all(|&t| (before..=after).contains(&t)),
+        "{stamps:?}"
+    );
+    for pair in stamps.windows(2) {
+        assert!(pair[1] >= pair[0] + 5_000_000, "{stamps:?}");
+    }
+
+    let plain = harness.call(Api::Chat, &body, &[]).await.events();
+    let id = plain[0].json()["id"].as_str().unwrap().to_owned();
+    let hex = u64::from_str_radix(id.strip_prefix("chatcmpl-sim").unwrap(), 16).unwrap();
+    assert!(!(before..=nanos(SystemTime::now())).contains(&hex), "{id}");
+    harness.shutdown().await;
+}
+
+#[test]
+fn stamp_leaves_events_without_a_sim_id_alone() {
+    let at = UNIX_EPOCH + Duration::from_nanos(0x1234_5678_9abc_def0);
+    let event = b"data: {\"id\":\"chatcmpl-sim00000000000000ff\",\"object\":\"x\"}\n\n";
+    assert_eq!(
+        &stamp(event, at)[..],
+        &b"data: {\"id\":\"chatcmpl-sim123456789abcdef0\",\"object\":\"x\"}\n\n"[..]
+    );
+    for other in [
+        &b"data: [DONE]\n\n"[..],
+        b"data: {\"id\":\"user-chosen\"}\n\n",
+        b"data: {\"id\":\"chatcmpl-sim12\"}\n\n",
+    ] {
+        assert_eq!(&stamp(other, at)[..], other);
+    }
+}
+
 #[tokio::test]
 async fn counts_and_records_requests() {
     let harness = start(Behavior::default()).await;
