@@ -40,18 +40,24 @@ fn a_signal_sent_on_the_serving_line_stops_it_cleanly() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = Vec::new();
-        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-            let line = line.unwrap();
-            let serving = line.contains("understudy serving");
-            lines.push(line);
-            if serving {
-                // At once, from this thread: the earliest a supervisor could send it.
-                let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-                kill_process(pid, signal).unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        let stderr = child.stderr.take().unwrap();
+        // Reads the log and signals on the serving line, at once, from the reading thread: the
+        // earliest a supervisor could. Ends with the process's stderr.
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                let serving = line.contains("understudy serving");
+                lines.push(line);
+                if serving {
+                    if let Err(e) = kill_process(pid, signal) {
+                        lines.push(format!("(the test could not signal it: {e})"));
+                    }
+                }
             }
-        }
-        // stderr closed: the process has ended or is about to.
+            lines
+        });
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -59,10 +65,12 @@ fn a_signal_sent_on_the_serving_line_stops_it_cleanly() {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
+                let lines = reader.join().unwrap();
                 panic!("start {i}, {name}: did not stop:\n{}", lines.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        let lines = reader.join().unwrap();
         assert!(
             status.success() && lines.iter().any(|l| l.contains("stopped")),
             "start {i}, {name}: {status}, and no orderly shutdown in\n{}",
