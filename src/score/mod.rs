@@ -11,6 +11,7 @@ use crate::observe::{FinishReason, Observation, ToolCall};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::sync::LazyLock;
 
 mod checks;
 mod neighbourhood;
@@ -422,15 +423,29 @@ const REFUSAL_PHRASES: [&str; 14] = [
 /// can't", "I cannot help with", "I can't assist", "I'm unable to", "As an AI", ...),
 /// case-insensitively and with curly apostrophes read as straight ones.
 pub fn is_refusal(text: &str) -> bool {
-    let mut head = String::with_capacity(REFUSAL_PREFIX_CHARS + 16);
-    for c in text.trim_start().chars().take(REFUSAL_PREFIX_CHARS) {
-        match c {
-            '\u{2018}' | '\u{2019}' | '\u{02BC}' => head.push('\''),
-            c if c.is_ascii() => head.push(c.to_ascii_lowercase()),
-            c => head.extend(c.to_lowercase()),
-        }
-    }
-    REFUSAL_PHRASES.iter().any(|phrase| head.contains(phrase))
+    let text = text.trim_start();
+    let end = text
+        .char_indices()
+        .nth(REFUSAL_PREFIX_CHARS)
+        .map_or(text.len(), |(at, _)| at);
+    REFUSALS.is_match(&text[..end])
+}
+
+/// [`REFUSAL_PHRASES`] as one case-insensitive alternation, any apostrophe for `'`: one pass over
+/// the text, where lower-casing a copy and searching it once per phrase cost 25k instructions
+/// per mirror (`benches/README.md`).
+static REFUSALS: LazyLock<regex::Regex> = LazyLock::new(refusals);
+
+#[expect(
+    clippy::expect_used,
+    reason = "escaped literals always compile (every test of is_refusal builds it)"
+)]
+fn refusals() -> regex::Regex {
+    let phrases: Vec<String> = REFUSAL_PHRASES
+        .iter()
+        .map(|p| regex::escape(p).replace('\'', "['\u{2018}\u{2019}\u{02BC}]"))
+        .collect();
+    regex::Regex::new(&format!("(?i){}", phrases.join("|"))).expect("escaped literals compile")
 }
 
 /// Whether the finish reasons agree: 1 if of the same kind (any two `Other` agree) or if either

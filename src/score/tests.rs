@@ -224,6 +224,12 @@ fn is_refusal_cases() {
     for (text, expected) in cases {
         assert_eq!(is_refusal(text), expected, "is_refusal({text:?})");
     }
+    // Every phrase, in any case, is found on its own; one cut short is not.
+    for phrase in REFUSAL_PHRASES {
+        assert!(is_refusal(phrase), "{phrase:?}");
+        assert!(is_refusal(&phrase.to_uppercase()), "{phrase:?}");
+        assert!(!is_refusal(&phrase[..phrase.len() - 1]), "{phrase:?}");
+    }
     // Only the opening counts.
     let late = format!(
         "{} I'm unable to say more.",

@@ -157,13 +157,17 @@ impl MirrorTask {
             Role::Stable => Role::Candidate,
             Role::Candidate => Role::Stable,
         };
-        let (mirrored, second_stable) = tokio::join!(self.call(&req.mirror, mirror_role), async {
-            if noise {
-                Some(self.call(stable, Role::Stable).await)
-            } else {
-                None
-            }
-        });
+        // The calls and the remote scorers are boxed: each holds an upstream request's whole
+        // state, and inline they made this task's future ~9 KiB, copied whole at every move of
+        // the spawn (~45 KB of memcpy per mirror, benches/README.md).
+        let (mirrored, second_stable) =
+            tokio::join!(Box::pin(self.call(&req.mirror, mirror_role)), async {
+                if noise {
+                    Some(Box::pin(self.call(stable, Role::Stable)).await)
+                } else {
+                    None
+                }
+            });
         let Ok(client) = client_obs.await else {
             // The client went away or its request failed before an answer: nothing to compare.
             self.outcome(&req.mirror, "unpaired");
@@ -174,7 +178,7 @@ impl MirrorTask {
             Role::Candidate => (mirrored, client),
         };
         if req.shape == ApiShape::Embeddings {
-            return self.embeddings(reference, candidate, second_stable).await;
+            return Box::pin(self.embeddings(reference, candidate, second_stable)).await;
         }
         // The local scorers and the checks: pure, on the blocking pool.
         let weights = policy.scoring.weights;
@@ -198,14 +202,13 @@ impl MirrorTask {
             return;
         };
         // The remote scorers, off the client's path: the client's answer is complete.
-        let remote = self
-            .remote(
-                &reference,
-                &candidate,
-                second_stable.as_ref(),
-                &candidate_score,
-            )
-            .await;
+        let remote = Box::pin(self.remote(
+            &reference,
+            &candidate,
+            second_stable.as_ref(),
+            &candidate_score,
+        ))
+        .await;
         let judge_reason = remote.judge_reason.clone();
         let candidate_score = candidate_score.with_remote(
             remote.semantic.0,
