@@ -4,6 +4,7 @@
     python3 benches/profile_stream.py                    # this checkout's release binary
     python3 benches/profile_stream.py --binary PATH --requests 400 --out DIR
     python3 benches/profile_stream.py --nginx --token-ms 20 --requests 200 --conc 20   # paced
+    python3 benches/profile_stream.py --mirrored --no-strace   # every stream mirrored and scored
 
 Starts the simulated upstream and one Understudy worker (`server.workers = 1`) under valgrind's
 callgrind (instruction counts, not time: another process loading the CPU does not change them),
@@ -115,6 +116,8 @@ def main():
     ap.add_argument("--conc", type=int, default=4, help="keep-alive connections (default 4)")
     ap.add_argument("--nginx", action="store_true", help="also count nginx proxy_pass (one worker)")
     ap.add_argument("--no-strace", action="store_true", help="skip the system call counts")
+    ap.add_argument("--mirrored", action="store_true",
+                    help="the route in shadow at share 1.0: every stream also mirrored and scored")
     ap.add_argument("--token-ms", type=int, help="the upstream spaces its events this many ms apart (paced streams)")
     ap.add_argument("--out", help="keep the callgrind files in this directory")
     a = ap.parse_args()
@@ -133,7 +136,8 @@ def main():
             def start(procs):
                 config = os.path.join(tmp, "understudy.toml")
                 with open(config, "w") as f:
-                    f.write(CONFIG.format(tmp=tmp, mock=mock))
+                    f.write(CONFIG.format(tmp=tmp, mock=mock, phase=MIRRORED_PHASE if a.mirrored else "")
+                            + (MIRRORED if a.mirrored else ""))
                 log = os.path.join(tmp, "understudy.log")
                 env = dict(os.environ, UNDERSTUDY_ADMIN_TOKEN="x" * 32, RUST_LOG="warn,understudy::server=info")
                 p = procs.start(wrapper + [exe, "serve", "--config", config], stdout=subprocess.DEVNULL,
@@ -259,11 +263,26 @@ base_url = "http://{mock}"
 default = true
 [routes.bench]
 model = "bench"
+{phase}
 [routes.bench.stable]
 upstream = "mock"
 model = "mock-stable"
 system_prompt = "You are a concise support assistant."
 params = {{ temperature = 0.2 }}
+"""
+
+# With --mirrored: the same route in shadow, every request mirrored to a candidate and scored.
+MIRRORED_PHASE = 'phase = "shadow"\nshare = 1.0'
+MIRRORED = """
+[routes.bench.candidate]
+upstream = "mock"
+model = "mock-candidate"
+system_prompt = "You are a concise and friendly support assistant."
+[routes.bench.shadow]
+max_inflight = 1024
+max_rps = 100000
+[routes.bench.rollback]
+auto = false
 """
 
 if __name__ == "__main__":
