@@ -159,7 +159,7 @@ impl MirrorTask {
         };
         // The calls and the remote scorers are boxed: each holds an upstream request's whole
         // state, and inline they made this task's future ~9 KiB, copied whole at every move of
-        // the spawn (~45 KB of memcpy per mirror, benches/README.md).
+        // the spawn (~70k instructions of memcpy per mirror, benches/README.md).
         let (mirrored, second_stable) =
             tokio::join!(Box::pin(self.call(&req.mirror, mirror_role)), async {
                 if noise {
