@@ -25,8 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 # Frames that say nothing about who allocated: the allocator, containers growing, the runtime.
 PLUMBING = re.compile(
     r"alloc|grow|reserve|with_capacity|__rdl|__rust|RawVec|from_iter|collect|call_once|block_on|"
