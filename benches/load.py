@@ -48,7 +48,8 @@ with one short SSE stream, all of it at once: its events and bytes are printed):
 Columns: requests answered, failed, requests/s, time to first byte and total time (p50, p99,
 ms), and "cpu us": CPU time (user + system, from /proc/PID/stat) of the process answering the
 client per request: the mock for direct, the proxy alone for nginx and Understudy. The CPU per
-stream of Understudy and nginx is printed again side by side under the table, with its ratio.
+stream of Understudy and nginx is printed again side by side under the table, with its ratio, and
+split into user space and kernel (the kernel's share is the sockets, the same for both).
 
 The gate, and why it is measured paced: on a 2-core machine the client, the mock upstream and the
 proxy share the cores, so a closed loop at full speed measures queueing behind the other requests
@@ -315,7 +316,8 @@ class Conn:
 
 class Result:
     def __init__(self):
-        self.ttfb, self.total, self.errors, self.body, self.secs, self.cpu = [], [], 0, 0, 0.0, 0.0
+        self.ttfb, self.total, self.errors, self.body, self.secs = [], [], 0, 0, 0.0
+        self.user, self.sys = 0.0, 0.0  # CPU seconds of the answering process, user and system
         self.gaps = []  # tokens phase: seconds between successive reads of a body
         self.transit = []  # tokens phase: seconds from the upstream's send of an event to its read
         self.round_p99 = []  # p99 time to first byte of each round, ms
@@ -327,7 +329,8 @@ class Result:
         self.errors += other.errors
         self.body = other.body or self.body
         self.secs += other.secs
-        self.cpu += other.cpu
+        self.user += other.user
+        self.sys += other.sys
         self.gaps += other.gaps
         self.transit += other.transit
         self.round_p99.append(pct(other.ttfb, 99))
@@ -341,29 +344,40 @@ class Result:
     @property
     def cpu_us(self):
         """CPU time of the serving process per answered request, microseconds."""
-        return self.cpu / len(self.total) * 1e6 if self.total else 0.0
+        return self.user_us + self.sys_us
+
+    @property
+    def user_us(self):
+        """User-space CPU time per answered request, microseconds."""
+        return self.user / len(self.total) * 1e6 if self.total else 0.0
+
+    @property
+    def sys_us(self):
+        """Kernel CPU time per answered request, microseconds."""
+        return self.sys / len(self.total) * 1e6 if self.total else 0.0
 
 
 TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_secs(pid):
-    """User + system CPU seconds of `pid` and its child processes (nginx's workers)."""
+    """(user, system) CPU seconds of `pid` and its child processes (nginx's workers)."""
     pids = [pid]
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             pids += [int(c) for c in f.read().split()]
     except OSError:
         pass
-    total = 0
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except OSError:
             pass
-    return total / TICK
+    return user / TICK, system / TICK
 
 
 def pct(xs, p):
@@ -424,9 +438,10 @@ async def compare(targets, requests, conc, rounds, rate=None, gaps=False):
     out = {t[0]: Result() for t in targets}
     for _ in range(rounds):
         for name, addr, payload, pid in targets:
-            cpu = cpu_secs(pid)
+            user, system = cpu_secs(pid)
             res = await run(addr, payload, requests, conc, rate, gaps)
-            res.cpu = cpu_secs(pid) - cpu
+            after = cpu_secs(pid)
+            res.user, res.sys = after[0] - user, after[1] - system
             out[name].add(res)
     return out
 
@@ -565,6 +580,9 @@ async def main_async(a, mock, proxy, admin, pid, token, nginx, pids):
         u, n = stream["understudy"].cpu_us, stream["nginx"].cpu_us
         print(f"{'':<24} cpu per stream (streaming phase): understudy {u:.0f} us, nginx {n:.0f} us, "
               f"understudy/nginx {u / n if n else float('nan'):.2f}")
+        su, sn = stream["understudy"], stream["nginx"]
+        print(f"{'':<24} of which user space: understudy {su.user_us:.0f} us, nginx {sn.user_us:.0f} us; "
+              f"kernel: understudy {su.sys_us:.0f} us, nginx {sn.sys_us:.0f} us")
     if tokens:
         print(f"\ninter-token latency: events {a.token_ms} ms apart, {a.token_streams} streams x {a.rounds} rounds "
               f"per target over {a.token_conc} connections; gaps between reads of the body, ms")
