@@ -7,8 +7,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
-use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::assembly::{has_value, object_shaped, Assembly, WireUsage, FINISH_REASON, USAGE};
@@ -42,9 +43,14 @@ impl Assembly {
         serde_json::from_slice(bytes).map(|body| self.openai(body))
     }
 
-    /// Reads only the usage of a whole chat or completions body.
-    pub(super) fn chat_usage(bytes: &[u8]) -> serde_json::Result<Option<WireUsage>> {
-        serde_json::from_slice(bytes).map(|b: ChatUsage| b.usage)
+    /// Reads only the outcome of a whole chat or completions body: choice 0's finish reason and
+    /// the usage.
+    pub(super) fn chat_usage(&mut self, bytes: &[u8]) -> serde_json::Result<Option<WireUsage>> {
+        let body: ChatOutcome<'_> = serde_json::from_slice(bytes)?;
+        if let Some(reason) = body.choices.and_then(|c| c.finish_reason) {
+            self.finish_reason = Some(FinishReason::from_openai(&reason));
+        }
+        Ok(body.usage)
     }
 
     /// Reads an OpenAI chat or completions body or stream chunk.
@@ -97,6 +103,11 @@ struct OpenAiBody<'a> {
     usage: Option<WireUsage>,
 }
 
+/// A choice's `index`, by which choice 0 is found.
+trait Indexed {
+    fn index(&self) -> Option<u64>;
+}
+
 /// One choice: `text` for completions, `message` (or `delta` when
 /// streaming) for chat.
 #[derive(Deserialize)]
@@ -108,6 +119,26 @@ struct Choice<'a> {
     message: Option<ChatMessage<'a>>,
     #[serde(borrow)]
     finish_reason: Option<Cow<'a, str>>,
+}
+
+impl Indexed for Choice<'_> {
+    fn index(&self) -> Option<u64> {
+        self.index
+    }
+}
+
+/// One choice read for its outcome: the message or text is skipped unread.
+#[derive(Deserialize)]
+struct ChoiceOutcome<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+impl Indexed for ChoiceOutcome<'_> {
+    fn index(&self) -> Option<u64> {
+        self.index
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,12 +167,14 @@ struct ChatFunction<'a> {
 
 /// Reads a `choices` array keeping only choice 0 (the first choice whose
 /// `index` is 0 or absent), without collecting the others.
-fn choice_zero<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Choice<'de>>, D::Error> {
-    struct ChoiceZero;
-    impl<'de> Visitor<'de> for ChoiceZero {
-        type Value = Option<Choice<'de>>;
+fn choice_zero<'de, D, C>(deserializer: D) -> Result<Option<C>, D::Error>
+where
+    D: Deserializer<'de>,
+    C: Deserialize<'de> + Indexed,
+{
+    struct ChoiceZero<C>(PhantomData<C>);
+    impl<'de, C: Deserialize<'de> + Indexed> Visitor<'de> for ChoiceZero<C> {
+        type Value = Option<C>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("an array of choices")
@@ -149,21 +182,21 @@ fn choice_zero<'de, D: Deserializer<'de>>(
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut zero = None;
-            while let Some(choice) = seq.next_element::<Choice<'de>>()? {
-                if zero.is_none() && choice.index.unwrap_or(0) == 0 {
+            while let Some(choice) = seq.next_element::<C>()? {
+                if zero.is_none() && choice.index().unwrap_or(0) == 0 {
                     zero = Some(choice);
                 }
             }
             Ok(zero)
         }
     }
-    deserializer.deserialize_seq(ChoiceZero)
+    deserializer.deserialize_seq(ChoiceZero(PhantomData))
 }
 
-/// A whole OpenAI chat or completions body read for its usage only (`choices` must be there).
+/// A whole OpenAI chat or completions body read for its outcome only (`choices` must be there).
 #[derive(Deserialize)]
-struct ChatUsage {
-    #[serde(rename = "choices")]
-    _choices: IgnoredAny,
+struct ChatOutcome<'a> {
+    #[serde(borrow, deserialize_with = "choice_zero")]
+    choices: Option<ChoiceOutcome<'a>>,
     usage: Option<WireUsage>,
 }

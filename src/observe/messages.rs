@@ -15,9 +15,13 @@ impl Assembly {
         serde_json::from_slice(bytes).map(|body| self.read_message(body))
     }
 
-    /// Reads only the usage of a whole Anthropic Messages body.
-    pub(super) fn messages_usage(bytes: &[u8]) -> serde_json::Result<Option<WireUsage>> {
-        serde_json::from_slice(bytes).map(|b: MessageUsage| b.usage)
+    /// Reads only the outcome of a whole Anthropic Messages body: its stop reason and usage.
+    pub(super) fn messages_usage(&mut self, bytes: &[u8]) -> serde_json::Result<Option<WireUsage>> {
+        let body: MessageUsage<'_> = serde_json::from_slice(bytes)?;
+        if let Some(reason) = body.stop_reason {
+            self.finish_reason = Some(FinishReason::from_anthropic(&reason));
+        }
+        Ok(body.usage)
     }
 
     /// Reads one Anthropic Messages stream event.
@@ -139,12 +143,14 @@ struct UsageHolder {
     usage: Option<WireUsage>,
 }
 
-/// A whole Anthropic message read for its usage only (`content` must be there, as for
+/// A whole Anthropic message read for its outcome only (`content` must be there, as for
 /// [`MessageBody`]).
 #[derive(Deserialize)]
-struct MessageUsage {
+struct MessageUsage<'a> {
     #[serde(rename = "content")]
     _content: IgnoredAny,
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
     usage: Option<WireUsage>,
 }
 

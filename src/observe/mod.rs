@@ -215,14 +215,14 @@ impl Assembly {
         self.malformed |= read.is_err() && !cut;
     }
 
-    /// Reads only the usage and the failure of a whole non-streaming body: the body must be JSON
-    /// with the API's required top-level fields (`choices`, `status`, `content`), as for
-    /// [`Assembly::body`], but what those fields hold is skipped unread.
+    /// Reads only the outcome of a whole non-streaming body (usage, finish reason, failure): the
+    /// body must be JSON with the API's required top-level fields (`choices`, `status`,
+    /// `content`), as for [`Assembly::body`], but the text and tool calls are skipped unread.
     fn body_usage(&mut self, shape: ApiShape, bytes: &[u8], cut: bool) {
         let read = match shape {
-            ApiShape::ChatCompletions | ApiShape::Completions => Assembly::chat_usage(bytes),
+            ApiShape::ChatCompletions | ApiShape::Completions => self.chat_usage(bytes),
             ApiShape::Responses => self.responses_usage(bytes),
-            ApiShape::Messages => Assembly::messages_usage(bytes),
+            ApiShape::Messages => self.messages_usage(bytes),
             ApiShape::Embeddings => Assembly::embeddings_usage(bytes),
         };
         if let Ok(Some(usage)) = read {

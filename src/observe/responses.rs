@@ -15,12 +15,15 @@ impl Assembly {
         serde_json::from_slice(bytes).map(|body| self.read_response(body))
     }
 
-    /// Reads only the status and usage of a whole Responses API body.
+    /// Reads only the outcome of a whole Responses API body: its status, usage, and whether an
+    /// output item is a function call (the finish reason is then `ToolCalls`, as when read
+    /// whole); the items themselves are skipped unread.
     pub(super) fn responses_usage(
         &mut self,
         bytes: &[u8],
     ) -> serde_json::Result<Option<WireUsage>> {
-        serde_json::from_slice(bytes).map(|b: ResponseObject<'_, IgnoredAny>| {
+        serde_json::from_slice(bytes).map(|b: ResponseObject<'_, Vec<ItemKind<'_>>>| {
+            self.called_tool |= b.output.iter().any(|item| item.kind == "function_call");
             self.response_outcome(&b);
             b.usage
         })
@@ -186,6 +189,13 @@ struct ResponseObject<'a, O> {
     incomplete_details: Option<IncompleteDetails<'a>>,
     #[serde(default)]
     output: O,
+}
+
+/// An output item read for its type only.
+#[derive(Deserialize)]
+struct ItemKind<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
 }
 
 /// A whole Responses API body.

@@ -847,10 +847,15 @@ fn usage_only_reads_the_same_usage_and_failures() {
         observer.feed(body.as_bytes());
         observer.finish(200, true)
     };
+    let mut with_reason = 0;
     for case in cases().into_iter().filter(|c| !c.streaming) {
         let got = usage_only(case.shape, case.body);
+        let full = observe(case.shape, false, case.body.as_bytes(), 4, 1 << 20);
         assert_eq!(got.failure, None, "{}", case.name);
         assert_eq!(got.usage, case.usage, "{}", case.name);
+        // The finish reason is part of the outcome (the request's span reports it).
+        assert_eq!(got.finish_reason, full.finish_reason, "{}", case.name);
+        with_reason += usize::from(got.finish_reason.is_some());
         assert_eq!(
             (got.text.as_str(), got.tool_calls.len()),
             ("", 0),
@@ -858,6 +863,7 @@ fn usage_only_reads_the_same_usage_and_failures() {
             case.name
         );
     }
+    assert!(with_reason >= 3, "the cases carry finish reasons");
     let invalid: &[(ApiShape, &str)] = &[
         (ChatCompletions, ""),
         (
