@@ -31,12 +31,11 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 
 use crate::domain::{full, Body};
 use crate::metrics::{Metrics, RejectReason, RequestRecord, NO_RELEASE, UNROUTED};
 use crate::observe::{ApiShape, Observation, Observer};
-use crate::shadow::{MirrorRequest, Shadow};
+use crate::shadow::{ClientTap, MirrorRequest, Shadow};
 use crate::state::Snapshot;
 use crate::state::{Release, Route, Upstream};
 use crate::telemetry::{LlmSpan, Telemetry};
@@ -102,8 +101,8 @@ struct Ctx {
     release: Option<Arc<Release>>,
     /// The `model` the client sent, put back into the response.
     client_model: Option<String>,
-    /// Where the mirror waits for the client's observation, when one was started.
-    paired: Option<oneshot::Sender<Observation>>,
+    /// Where the mirror takes the client's answer, when one was started.
+    paired: Option<ClientTap>,
     /// The request's span, when tracing is on; handed to the response body with the recording.
     span: Option<LlmSpan>,
 }
@@ -331,7 +330,7 @@ impl Proxy {
         uri: &http::Uri,
         headers: http::HeaderMap,
         bytes: &Bytes,
-    ) -> Option<oneshot::Sender<Observation>> {
+    ) -> Option<ClientTap> {
         let route = Arc::clone(ctx.route.as_ref()?);
         self.shadow.start(MirrorRequest {
             route,
@@ -391,13 +390,14 @@ impl Proxy {
                 parts.headers.insert(INDEX_HEADER, index.clone());
             }
         }
+        // The answer is read for its outcome only: a mirror waiting to compare it reads it whole
+        // from the tap, in its own task, off the client's path.
         let paired = ctx.paired.take();
-        // The whole answer is assembled only when a mirror waits to compare it.
+        if let Some(tap) = &paired {
+            tap.head(sse);
+        }
         let max = self.limits.observe_max_bytes;
-        let observer = ctx.shape.map(|s| match paired {
-            Some(_) => Observer::new(s, sse, max),
-            None => Observer::usage_only(s, sse, max),
-        });
+        let observer = ctx.shape.map(|s| Observer::usage_only(s, sse, max));
         let completion = Completion {
             metrics: Arc::clone(&self.metrics),
             route: ctx.route.clone(),

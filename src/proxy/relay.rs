@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::domain::BoxError;
 use crate::metrics::{Metrics, RequestRecord, NO_RELEASE, UNROUTED};
 use crate::observe::{Failure, Observation, Observer};
+use crate::shadow::{ClientEnd, ClientTap};
 use crate::state::{Release, Route};
 use crate::telemetry::LlmSpan;
 use crate::upstream::{ModelRewriter, UpstreamBody};
@@ -32,9 +32,9 @@ pub struct Completion {
     pub path: String,
     pub status: u16,
     pub started: Instant,
-    /// The mirrored request waits here for the client's observation to score against.
-    /// Dropped unsent when the client disconnects early: no sample.
-    pub paired: Option<oneshot::Sender<Observation>>,
+    /// The mirror reading the client's answer to score against, fed each piece as it is relayed.
+    /// Dropped unended when the client disconnects early: no sample.
+    pub paired: Option<ClientTap>,
     /// The request's span when tracing is on; ended with the recording.
     pub span: Option<LlmSpan>,
 }
@@ -107,8 +107,8 @@ impl RelayBody {
                 ..Default::default()
             },
         };
-        if let Some(f) = failure {
-            obs.failure = Some(f);
+        if let Some(f) = &failure {
+            obs.failure = Some(f.clone());
         }
         obs.latency = latency;
         obs.ttfb = self.ttfb;
@@ -147,8 +147,13 @@ impl RelayBody {
         if let Some(span) = done.span {
             span.finish(&obs, cancelled);
         }
-        if let (Some(tx), false) = (done.paired, cancelled) {
-            let _ = tx.send(obs);
+        if let (Some(tap), false) = (done.paired, cancelled) {
+            tap.end(ClientEnd {
+                status: done.status,
+                failure,
+                latency,
+                ttfb: self.ttfb,
+            });
         }
     }
 }
@@ -326,8 +331,13 @@ impl HttpBody for RelayBody {
             if let Some(obs) = &mut this.observer {
                 obs.feed(&data);
             }
-            if let Some(span) = this.completion.as_mut().and_then(|c| c.span.as_mut()) {
-                span.saw(&data);
+            if let Some(done) = &mut this.completion {
+                if let Some(tap) = &done.paired {
+                    tap.data(&data);
+                }
+                if let Some(span) = &mut done.span {
+                    span.saw(&data);
+                }
             }
             match &mut this.rewriter {
                 Some(rw) => {

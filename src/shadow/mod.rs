@@ -2,14 +2,18 @@
 //! when the candidate serves), off the client's path, and the two answers are scored once the
 //! client's response has completed. Every mirror runs on a `TaskTracker` that shutdown drains,
 //! under a per-route budget (concurrency, requests/s, tokens/min) that drops rather than queues.
+//!
+//! The client's answer reaches the mirror through a [`ClientTap`]: the relay hands over each
+//! piece of the body as it passes, and the mirror's task reads the answer whole. The client's
+//! path reads only the answer's outcome, as for a request nobody mirrors.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body_util::BodyExt;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::task::TaskTracker;
 
 use crate::domain::Role;
@@ -21,6 +25,8 @@ mod neighbourhood;
 mod remote;
 mod replay;
 mod semantic;
+#[cfg(test)]
+mod tests;
 mod verdict;
 
 pub use replay::{replay, shape_path, Replayed};
@@ -68,6 +74,83 @@ pub struct MirrorRequest {
     pub trace: Option<TraceParent>,
 }
 
+/// The relay's end of a mirrored request's pairing: the client's answer, passed on as it is
+/// relayed. Dropped without [`ClientTap::end`] (the client went away, or its request failed
+/// before an answer), it leaves the mirror with nothing to compare: `unpaired`.
+pub struct ClientTap(mpsc::UnboundedSender<Tapped>);
+
+/// What a [`ClientTap`] carries, in order: one `Head`, the body's pieces, one `End`.
+enum Tapped {
+    /// The response head came: the body is SSE (`true`) or JSON.
+    Head {
+        streaming: bool,
+    },
+    /// The next piece of the body, as the upstream sent it (a shared, uncopied slice).
+    Data(Bytes),
+    End(ClientEnd),
+}
+
+/// How the client's answer ended, as the relay saw it.
+#[derive(Debug, Clone)]
+pub struct ClientEnd {
+    pub status: u16,
+    /// The relay's own failure (the upstream went idle, or reset): it overrides what the body
+    /// shows.
+    pub failure: Option<Failure>,
+    pub latency: Duration,
+    pub ttfb: Option<Duration>,
+}
+
+impl ClientTap {
+    /// The response head came; `streaming`: the body is SSE.
+    pub fn head(&self, streaming: bool) {
+        // A send fails only when the mirror has ended (shutdown): nothing is waiting.
+        let _ = self.0.send(Tapped::Head { streaming });
+    }
+
+    /// The next piece of the body, before any rewrite.
+    pub fn data(&self, bytes: &Bytes) {
+        let _ = self.0.send(Tapped::Data(bytes.clone()));
+    }
+
+    /// The body ended (whole, or with the relay's `failure`).
+    pub fn end(self, end: ClientEnd) {
+        let _ = self.0.send(Tapped::End(end));
+    }
+}
+
+/// Reads the client's answer whole, as the relay passes it on: what an [`Observer`] fed the body
+/// during the relay would have given. None when the tap was dropped before the end.
+async fn client_answer(
+    mut parts: mpsc::UnboundedReceiver<Tapped>,
+    shape: ApiShape,
+    max_bytes: usize,
+) -> Option<Observation> {
+    let mut observer = None;
+    while let Some(part) = parts.recv().await {
+        match part {
+            Tapped::Head { streaming } => {
+                observer = Some(Observer::new(shape, streaming, max_bytes));
+            }
+            Tapped::Data(bytes) => {
+                if let Some(observer) = observer.as_mut() {
+                    observer.feed(&bytes);
+                }
+            }
+            Tapped::End(end) => {
+                let mut obs = observer?.finish(end.status, end.failure.is_none());
+                if let Some(failure) = end.failure {
+                    obs.failure = Some(failure);
+                }
+                obs.latency = end.latency;
+                obs.ttfb = end.ttfb;
+                return Some(obs);
+            }
+        }
+    }
+    None
+}
+
 /// Runs mirrored requests and hands their scores to the controller.
 pub struct Shadow {
     client: UpstreamClient,
@@ -96,9 +179,9 @@ impl Shadow {
         }
     }
 
-    /// Starts mirroring `req` if the route's budget allows. Returns the sender through which the
-    /// client's observation is paired with the mirror's; None when the mirror was dropped.
-    pub fn start(&self, req: MirrorRequest) -> Option<oneshot::Sender<Observation>> {
+    /// Starts mirroring `req` if the route's budget allows. Returns the tap through which the
+    /// client's answer reaches the mirror; None when the mirror was dropped.
+    pub fn start(&self, req: MirrorRequest) -> Option<ClientTap> {
         let permit = match req.route.policy.admit() {
             Ok(permit) => permit,
             Err(refusal) => {
@@ -113,7 +196,7 @@ impl Shadow {
                 return None;
             }
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let task = MirrorTask {
             client: self.client.clone(),
             metrics: Arc::clone(&self.metrics),
@@ -123,7 +206,7 @@ impl Shadow {
             _permit: Some(permit),
         };
         self.tracker.spawn(task.run(rx));
-        Some(tx)
+        Some(ClientTap(tx))
     }
 }
 
@@ -148,7 +231,7 @@ struct MirrorTask {
 }
 
 impl MirrorTask {
-    async fn run(self, client_obs: oneshot::Receiver<Observation>) {
+    async fn run(self, client_parts: mpsc::UnboundedReceiver<Tapped>) {
         let req = &self.req;
         let policy = &req.route.policy;
         let noise = policy.wants_noise(rand::random::<f64>());
@@ -159,16 +242,20 @@ impl MirrorTask {
         };
         // The calls and the remote scorers are boxed: each holds an upstream request's whole
         // state, and inline they made this task's future ~9 KiB, copied whole at every move of
-        // the spawn (~70k instructions of memcpy per mirror, benches/README.md).
-        let (mirrored, second_stable) =
-            tokio::join!(Box::pin(self.call(&req.mirror, mirror_role)), async {
+        // the spawn (~70k instructions of memcpy per mirror, benches/README.md). The client's
+        // answer is read as it comes, beside them.
+        let (mirrored, second_stable, client) = tokio::join!(
+            Box::pin(self.call(&req.mirror, mirror_role)),
+            async {
                 if noise {
                     Some(Box::pin(self.call(stable, Role::Stable)).await)
                 } else {
                     None
                 }
-            });
-        let Ok(client) = client_obs.await else {
+            },
+            client_answer(client_parts, req.shape, self.observe_max_bytes)
+        );
+        let Some(client) = client else {
             // The client went away or its request failed before an answer: nothing to compare.
             self.outcome(&req.mirror, "unpaired");
             return;
