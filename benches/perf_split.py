@@ -23,9 +23,9 @@ stream (from /proc, user and kernel) and the share of the samples in each part:
 
 Samples are attributed to the function that was running, so a part includes only what was not
 inlined into a function of another part. Sampling itself costs kernel time in the sampled
-process (an interrupt per sample), so the CPU per stream printed with it is inflated, nginx's
-most; read CPU per stream from a run with --no-perf, or from benches/load.py, and the parts'
-shares from a sampled run. The kernel's time per stream also moves with the load for both proxies
+process (an interrupt per sample), so the CPU per stream printed with it is inflated (by 3 to
+10 us per stream here, Understudy's kernel time most); read CPU per stream from a run with
+--no-perf, or from benches/load.py, and the parts' shares from a sampled run. The kernel's time per stream also moves with the load for both proxies
 (how often a thread sleeps and is woken); user space is the steadier figure. Needs `perf` (linux-perf) and permission to sample
 another process (run as root, or with kernel.perf_event_paranoid <= 1). Only talks to
 127.0.0.1.
