@@ -22,13 +22,13 @@ impl Assembly {
     }
 
     /// Reads one chat or completions stream event (other than `[DONE]`) for its outcome only:
-    /// parsed when a scan finds a finish reason or usage in it (the last one or two chunks),
-    /// else only checked to be an object.
+    /// parsed for choice 0's finish reason and the usage (the delta skipped unread) when a scan
+    /// finds either in it (the last one or two chunks), else only checked to be an object.
     pub(super) fn chat_event_outcome(&mut self, data: &str) -> serde_json::Result<()> {
         if !(has_value(data, &FINISH_REASON) || has_value(data, &USAGE)) {
             return object_shaped(data);
         }
-        let chunk: OpenAiBody<'_> = serde_json::from_str(data)?;
+        let chunk: ChatOutcome<'_> = serde_json::from_str(data)?;
         if let Some(reason) = chunk.choices.and_then(|c| c.finish_reason) {
             self.finish_reason = Some(FinishReason::from_openai(&reason));
         }
@@ -193,7 +193,8 @@ where
     deserializer.deserialize_seq(ChoiceZero(PhantomData))
 }
 
-/// A whole OpenAI chat or completions body read for its outcome only (`choices` must be there).
+/// A whole OpenAI chat or completions body, or one stream chunk, read for its outcome only
+/// (`choices` must be there).
 #[derive(Deserialize)]
 struct ChatOutcome<'a> {
     #[serde(borrow, deserialize_with = "choice_zero")]
