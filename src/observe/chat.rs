@@ -45,7 +45,10 @@ impl Assembly {
 
     /// Reads only the outcome of a whole chat or completions body: choice 0's finish reason and
     /// the usage.
-    pub(super) fn chat_usage(&mut self, bytes: &[u8]) -> serde_json::Result<Option<WireUsage>> {
+    pub(super) fn chat_body_outcome(
+        &mut self,
+        bytes: &[u8],
+    ) -> serde_json::Result<Option<WireUsage>> {
         let body: ChatOutcome<'_> = serde_json::from_slice(bytes)?;
         if let Some(reason) = body.choices.and_then(|c| c.finish_reason) {
             self.finish_reason = Some(FinishReason::from_openai(&reason));

@@ -16,8 +16,11 @@ impl Assembly {
     }
 
     /// Reads only the outcome of a whole Anthropic Messages body: its stop reason and usage.
-    pub(super) fn messages_usage(&mut self, bytes: &[u8]) -> serde_json::Result<Option<WireUsage>> {
-        let body: MessageUsage<'_> = serde_json::from_slice(bytes)?;
+    pub(super) fn messages_body_outcome(
+        &mut self,
+        bytes: &[u8],
+    ) -> serde_json::Result<Option<WireUsage>> {
+        let body: MessageOutcome<'_> = serde_json::from_slice(bytes)?;
         if let Some(reason) = body.stop_reason {
             self.finish_reason = Some(FinishReason::from_anthropic(&reason));
         }
@@ -146,7 +149,7 @@ struct UsageHolder {
 /// A whole Anthropic message read for its outcome only (`content` must be there, as for
 /// [`MessageBody`]).
 #[derive(Deserialize)]
-struct MessageUsage<'a> {
+struct MessageOutcome<'a> {
     #[serde(rename = "content")]
     _content: IgnoredAny,
     #[serde(borrow)]

@@ -133,7 +133,9 @@ impl Observer {
         } else {
             match input {
                 Input::Stream(mut reader) => out.end_stream(shape, &mut reader),
-                Input::Body { bytes, cut, .. } if usage_only => out.body_usage(shape, &bytes, cut),
+                Input::Body { bytes, cut, .. } if usage_only => {
+                    out.body_outcome(shape, &bytes, cut)
+                }
                 Input::Body { bytes, cut, .. } => out.body(shape, &bytes, cut),
             }
             if !complete {
@@ -218,11 +220,11 @@ impl Assembly {
     /// Reads only the outcome of a whole non-streaming body (usage, finish reason, failure): the
     /// body must be JSON with the API's required top-level fields (`choices`, `status`,
     /// `content`), as for [`Assembly::body`], but the text and tool calls are skipped unread.
-    fn body_usage(&mut self, shape: ApiShape, bytes: &[u8], cut: bool) {
+    fn body_outcome(&mut self, shape: ApiShape, bytes: &[u8], cut: bool) {
         let read = match shape {
-            ApiShape::ChatCompletions | ApiShape::Completions => self.chat_usage(bytes),
-            ApiShape::Responses => self.responses_usage(bytes),
-            ApiShape::Messages => self.messages_usage(bytes),
+            ApiShape::ChatCompletions | ApiShape::Completions => self.chat_body_outcome(bytes),
+            ApiShape::Responses => self.responses_body_outcome(bytes),
+            ApiShape::Messages => self.messages_body_outcome(bytes),
             ApiShape::Embeddings => Assembly::embeddings_usage(bytes),
         };
         if let Ok(Some(usage)) = read {

@@ -18,7 +18,7 @@ impl Assembly {
     /// Reads only the outcome of a whole Responses API body: its status, usage, and whether an
     /// output item is a function call (the finish reason is then `ToolCalls`, as when read
     /// whole); the items themselves are skipped unread.
-    pub(super) fn responses_usage(
+    pub(super) fn responses_body_outcome(
         &mut self,
         bytes: &[u8],
     ) -> serde_json::Result<Option<WireUsage>> {
