@@ -37,8 +37,8 @@ pub struct Observer {
     shape: ApiShape,
     input: Input,
     out: Assembly,
-    /// Only usage and failures are wanted (nobody compares this answer): a JSON body is checked
-    /// and its usage read, but its text and tool calls are not assembled.
+    /// Only the outcome is wanted (nobody compares this answer): a JSON body is checked and its
+    /// usage and finish reason read, but its text and tool calls are not assembled.
     usage_only: bool,
 }
 
@@ -83,8 +83,9 @@ impl Observer {
         }
     }
 
-    /// An observer for an answer nobody compares: the usage and failures [`Observer::new`] gives,
-    /// without text or tool calls. A JSON body is checked and its usage read; a stream is split
+    /// An observer for an answer nobody compares: the usage, finish reason and failures
+    /// [`Observer::new`] gives, without text or tool calls. A JSON body is checked and its usage
+    /// and finish reason read; a stream is split
     /// into events (its end is only known from them), and only the events that can carry usage,
     /// the finish reason, the end or an error are parsed, found by a targeted scan; the others
     /// are only checked to be a JSON object (`{` .. `}`), not parsed (that is most of the cost of
