@@ -85,11 +85,10 @@ impl Observer {
 
     /// An observer for an answer nobody compares: the usage, finish reason and failures
     /// [`Observer::new`] gives, without text or tool calls. A JSON body is checked and its usage
-    /// and finish reason read; a stream is split
-    /// into events (its end is only known from them), and only the events that can carry usage,
-    /// the finish reason, the end or an error are parsed, found by a targeted scan; the others
-    /// are only checked to be a JSON object (`{` .. `}`), not parsed (that is most of the cost of
-    /// observing a stream).
+    /// and finish reason read; a stream is split into events (its end is only known from them),
+    /// and only the events that can carry usage, the finish reason, the end or an error are
+    /// parsed, found by a targeted scan; the others are only checked to be a JSON object
+    /// (`{` .. `}`), not parsed (that is most of the cost of observing a stream).
     pub fn usage_only(shape: ApiShape, streaming: bool, max_bytes: usize) -> Self {
         Observer {
             usage_only: true,
