@@ -49,7 +49,7 @@ Columns: requests answered, failed, requests/s, time to first byte and total tim
 ms), and "cpu us": CPU time (user + system, from /proc/PID/stat) of the process answering the
 client per request: the mock for direct, the proxy alone for nginx and Understudy. The CPU per
 stream of Understudy and nginx is printed again side by side under the table, with its ratio, and
-split into user space and kernel (the kernel's share is the sockets, the same for both).
+split into user space and kernel (the kernel's: reads, writes, TCP over loopback, wake-ups).
 
 The gate, and why it is measured paced: on a 2-core machine the client, the mock upstream and the
 proxy share the cores, so a closed loop at full speed measures queueing behind the other requests
